@@ -1,0 +1,131 @@
+"""The Vision Transformer, from scratch in Flax NNX.
+
+Reads top to bottom like the paper: patchify with a strided conv, prepend a CLS token, add learnable
+position embeddings, run pre-norm encoder blocks, classify from the CLS output.
+
+The model holds parameters only (no RNG state): dropout and DropPath draw from `rngs` passed at call time,
+so the train step can give every device its own key and stay a pure function of (params, batch, key).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jax_vit.configs import Config
+
+# Glorot-uniform for dense kernels and small normals for embeddings follow the original ViT code.
+dense_init = nnx.initializers.xavier_uniform()
+embed_init = nnx.initializers.normal(stddev=0.02)
+
+
+def compute_dtype(config: Config, platform: str | None = None) -> jnp.dtype:
+    """bfloat16 on GPU/TPU (tensor cores / MXU), float32 on CPU, unless the config names one."""
+    if config.compute_dtype != "auto":
+        return jnp.dtype(config.compute_dtype)
+    platform = platform or jax.default_backend()
+    return jnp.dtype(jnp.float32 if platform == "cpu" else jnp.bfloat16)
+
+
+class DropPath(nnx.Module):
+    """Stochastic depth: drop a sample's whole residual branch with probability `rate`."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+
+    def __call__(self, x: jax.Array, *, train: bool, rngs: nnx.Rngs | None) -> jax.Array:
+        if not train or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(rngs.dropout(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class MultiHeadSelfAttention(nnx.Module):
+    """Fused QKV projection and `jax.nn.dot_product_attention` (cuDNN flash attention where available)."""
+
+    def __init__(self, config: Config, *, dtype, rngs: nnx.Rngs):
+        self.num_heads = config.num_heads
+        self.qkv = nnx.Linear(config.width, 3 * config.width, kernel_init=dense_init, dtype=dtype, rngs=rngs)
+        self.proj = nnx.Linear(config.width, config.width, kernel_init=dense_init, dtype=dtype, rngs=rngs)
+        self.attention_dropout = nnx.Dropout(config.attention_dropout)
+
+    def __call__(self, x: jax.Array, *, train: bool, rngs: nnx.Rngs | None) -> jax.Array:
+        batch, tokens, width = x.shape
+        head_dim = width // self.num_heads
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if train and self.attention_dropout.rate > 0.0:
+            # The fused kernel has no dropout on the attention weights: spell it out only when asked for.
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(head_dim).astype(q.dtype)
+            weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+            weights = self.attention_dropout(weights, deterministic=False, rngs=rngs)
+            out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v)
+        return self.proj(out.reshape(batch, tokens, width))
+
+
+class MlpBlock(nnx.Module):
+    def __init__(self, config: Config, *, dtype, rngs: nnx.Rngs):
+        self.fc1 = nnx.Linear(config.width, config.mlp_dim, kernel_init=dense_init, dtype=dtype, rngs=rngs)
+        self.fc2 = nnx.Linear(config.mlp_dim, config.width, kernel_init=dense_init, dtype=dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(config.dropout)
+
+    def __call__(self, x: jax.Array, *, train: bool, rngs: nnx.Rngs | None) -> jax.Array:
+        # Exact (erf) GELU, as in the ViT paper and PyTorch's default, so the baseline computes the same.
+        x = jax.nn.gelu(self.fc1(x), approximate=False)
+        x = self.dropout(x, deterministic=not train, rngs=rngs)
+        return self.dropout(self.fc2(x), deterministic=not train, rngs=rngs)
+
+
+class EncoderBlock(nnx.Module):
+    """Pre-norm: x + DropPath(MSA(LN(x))), then x + DropPath(MLP(LN(x)))."""
+
+    def __init__(self, config: Config, drop_path_rate: float, *, dtype, rngs: nnx.Rngs):
+        self.norm1 = nnx.LayerNorm(config.width, epsilon=1e-6, dtype=dtype, rngs=rngs)
+        self.attention = MultiHeadSelfAttention(config, dtype=dtype, rngs=rngs)
+        self.norm2 = nnx.LayerNorm(config.width, epsilon=1e-6, dtype=dtype, rngs=rngs)
+        self.mlp = MlpBlock(config, dtype=dtype, rngs=rngs)
+        self.drop_path = DropPath(drop_path_rate)
+
+    def __call__(self, x: jax.Array, *, train: bool, rngs: nnx.Rngs | None) -> jax.Array:
+        x = x + self.drop_path(self.attention(self.norm1(x), train=train, rngs=rngs), train=train, rngs=rngs)
+        return x + self.drop_path(self.mlp(self.norm2(x), train=train, rngs=rngs), train=train, rngs=rngs)
+
+
+class VisionTransformer(nnx.Module):
+    def __init__(self, config: Config, *, rngs: nnx.Rngs, dtype=None):
+        dtype = dtype if dtype is not None else compute_dtype(config)
+        p, width = config.patch_size, config.width
+        self.patch_embed = nnx.Conv(
+            config.in_channels, width, kernel_size=(p, p), strides=(p, p), padding="VALID",
+            kernel_init=dense_init, dtype=dtype, rngs=rngs,
+        )
+        self.cls_token = nnx.Param(jnp.zeros((1, 1, width), jnp.float32))
+        self.pos_embed = nnx.Param(embed_init(rngs.params(), (1, config.num_patches + 1, width), jnp.float32))
+        self.dropout = nnx.Dropout(config.dropout)
+        rates = np.linspace(0.0, config.drop_path_rate, config.depth)
+        self.blocks = nnx.List([EncoderBlock(config, float(r), dtype=dtype, rngs=rngs) for r in rates])
+        self.norm = nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype, rngs=rngs)
+        # A zero-initialised head starts every class at the same logit (as in big_vision).
+        self.head = nnx.Linear(width, config.num_classes, kernel_init=nnx.initializers.zeros, rngs=rngs)
+        self.dtype = dtype
+
+    def __call__(self, images: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """images: (batch, height, width, channels), normalised floats. Returns float32 logits."""
+        x = self.patch_embed(images.astype(self.dtype))
+        batch, h, w, width = x.shape
+        x = x.reshape(batch, h * w, width)
+        cls = jnp.broadcast_to(self.cls_token.value, (batch, 1, width)).astype(x.dtype)
+        x = jnp.concatenate([cls, x], axis=1) + self.pos_embed.value.astype(x.dtype)
+        x = self.dropout(x, deterministic=not train, rngs=rngs)
+        for block in self.blocks:
+            x = block(x, train=train, rngs=rngs)
+        x = self.norm(x)
+        return self.head(x[:, 0].astype(jnp.float32))
+
+
+def count_params(params) -> int:
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))

@@ -1,0 +1,38 @@
+"""Shared fixtures. Real data lives beside the checkout in ../shared/data (never copied into the repo)."""
+import os
+from pathlib import Path
+
+# Two host CPU devices, so the data-parallel paths (shard_map, pmap) run here exactly as on several GPUs.
+# Must be set before jax is first imported; single-device tests use jax.devices()[:1].
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("USE_TF", "0")
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.skip(f"{what} not found at {path} (see ../shared/data/README.md)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar10_sample_dir() -> Path:
+    """The real CIFAR-10 sample in the official python format (5085 train / 1017 test images)."""
+    return _require(SHARED_DATA / "cifar-10-batches-py", "real CIFAR-10 sample")
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    """The official Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist)."""
+    return _require(FASHION_MNIST_DIR, "Fashion-MNIST (apt-get install dataset-fashion-mnist)")
+
+
+@pytest.fixture(scope="session")
+def seg_dir() -> Path:
+    """Real photos (truck.jpg, groceries.jpg, cars.jpg) and bedroom/ video frames."""
+    return _require(SHARED_DATA / "seg", "real segmentation photos")
