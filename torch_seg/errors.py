@@ -1,0 +1,9 @@
+"""The one exception type for problems a user causes and can fix."""
+
+
+class UserError(Exception):
+    """A user-caused problem (bad path, bad option, missing checkpoint, ...).
+
+    The message is one line that names the fix. Command-line scripts catch it, print `error: <message>` to
+    stderr and exit with status 2, so users never see a traceback for their own mistakes.
+    """

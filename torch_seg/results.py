@@ -1,0 +1,111 @@
+"""Result folders: written atomically (a temporary sibling renamed into place), and the result.json schema."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from torch_seg.rle import mask_area, mask_to_rle
+
+RESULT_SCHEMA_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_dir(final_path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder to write into; on success it replaces `final_path`, on failure it is removed.
+
+    A crash or an error mid-way therefore never leaves a half-written result folder, and a re-run replaces the
+    previous result only once the new one is complete. A parent folder created here is removed again on failure
+    if it is still empty.
+    """
+    final = Path(final_path)
+    created = [p for p in [final.parent, *final.parent.parents] if not p.exists()]
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for parent in created:  # innermost first
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        raise
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Write JSON atomically (temporary file + rename), so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def detection_records(labels, box_scores, boxes_xyxy, masks, mask_scores) -> list[dict]:
+    """One JSON record per detected object (the `detections` list of result.json)."""
+    records = []
+    for i, (label, box_score, box, mask, mask_score) in enumerate(
+            zip(labels, box_scores, boxes_xyxy, masks, mask_scores)):
+        rle = mask_to_rle(mask)
+        records.append({
+            "index": i,
+            "label": label,
+            "box_score": round(float(box_score), 6),
+            "box_xyxy": [round(float(v), 2) for v in box],
+            "mask_score": round(float(mask_score), 6),
+            "mask_area": mask_area(rle),
+            "mask_rle": rle,
+            "mask_file": f"masks/{i}.png",
+        })
+    return records
+
+
+def result_record(*, image_path: str, width: int, height: int, prompt: str, phrases: list[str],
+                  box_threshold: float, text_threshold: float, models: dict, random_weights: bool,
+                  detections: list[dict], timings_ms: dict[str, float], device: str) -> dict:
+    """The result.json schema, defined once."""
+    return {
+        "schema_version": RESULT_SCHEMA_VERSION,
+        "image": image_path,
+        "width": int(width),
+        "height": int(height),
+        "prompt": prompt,
+        "phrases": phrases,
+        "box_threshold": box_threshold,
+        "text_threshold": text_threshold,
+        "models": models,
+        "random_weights": bool(random_weights),
+        "note": ("RANDOM WEIGHTS: boxes, labels and masks are meaningless; this run only exercises the plumbing"
+                 if random_weights else None),
+        "device": device,
+        "num_detections": len(detections),
+        "detections": detections,
+        "timings_ms": {k: round(float(v), 2) for k, v in timings_ms.items()},
+    }
+
+
+def write_image_result(final_dir: str | Path, *, record: dict, masks: np.ndarray, overlay: np.ndarray) -> Path:
+    """Write overlay.png, masks/<i>.png (0/255 binary) and result.json into `final_dir`, atomically."""
+    final_dir = Path(final_dir)
+    with atomic_dir(final_dir) as tmp:
+        Image.fromarray(overlay).save(tmp / "overlay.png")
+        (tmp / "masks").mkdir()
+        for i, mask in enumerate(masks):
+            Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).save(tmp / "masks" / f"{i}.png")
+        write_json(tmp / "result.json", record)
+    return final_dir

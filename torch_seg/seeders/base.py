@@ -1,0 +1,58 @@
+"""What every region seeder returns, and the small interface a new seeder (GLIP, OWL-ViT, ...) implements."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass
+class Detections:
+    """Objects found in one image: pixel xyxy boxes, scores and the phrase each matched.
+
+    `points_xy` optionally adds positive point prompts per object, (N, K, 2) pixel xy, for seeders whose
+    evidence is a heat map rather than a box (CLIPSeg); SAM receives them together with the boxes.
+    """
+
+    boxes_xyxy: np.ndarray  # float32 (N, 4), pixels
+    scores: np.ndarray  # float32 (N,)
+    labels: list[str] = field(default_factory=list)
+    points_xy: np.ndarray | None = None  # float32 (N, K, 2), pixels
+
+    def __post_init__(self):
+        self.boxes_xyxy = np.asarray(self.boxes_xyxy, dtype=np.float32).reshape(-1, 4)
+        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        self.labels = list(self.labels)
+        if self.points_xy is not None:
+            self.points_xy = np.asarray(self.points_xy, dtype=np.float32).reshape(len(self.boxes_xyxy), -1, 2)
+        if not len(self.boxes_xyxy) == len(self.scores) == len(self.labels):
+            raise ValueError(f"{len(self.boxes_xyxy)} boxes, {len(self.scores)} scores and "
+                             f"{len(self.labels)} labels: one of each per object")
+
+    @classmethod
+    def empty(cls) -> "Detections":
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), [])
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def top_k(self, k: int) -> "Detections":
+        """The k highest-scoring objects, best first."""
+        order = np.argsort(-self.scores, kind="stable")[:k]
+        return Detections(self.boxes_xyxy[order], self.scores[order], [self.labels[i] for i in order],
+                          None if self.points_xy is None else self.points_xy[order])
+
+
+class Seeder(Protocol):
+    """Text + image -> regions for SAM to segment."""
+
+    name: str
+
+    def detect(self, image: np.ndarray, prompt: str) -> Detections:
+        """`image` is (H, W, 3) uint8 RGB; `prompt` like "truck. wheel."; boxes in the image's pixels."""
+        ...
+
+    def describe(self) -> dict:
+        """The model name and checkpoint file, for result.json."""
+        ...
