@@ -1,0 +1,56 @@
+"""PyTorch's natural input pipeline for CIFAR-style data: a Dataset of PIL images, torchvision transforms
+and a DataLoader with worker processes, as `torchvision.datasets.CIFAR10` and the write-ups use it.
+
+The images arrive as the same uint8 (N, H, W, C) arrays the JAX trainer reads, so both sides train on
+identical data; only the augmentation machinery differs (CPU workers here, on-device inside jit in JAX).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from benchmarks.torchvision_compat import import_torchvision
+
+
+class ArrayImageDataset(torch.utils.data.Dataset):
+    """uint8 (N, H, W, C) images and int labels, served as PIL images through `transform`, like CIFAR10."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+        return self.transform(pil), int(self.labels[index])
+
+
+def train_transform(image_size: int, crop_padding: int, random_flip: bool, mean, std):
+    """RandomCrop(padding) + RandomHorizontalFlip + ToTensor + Normalize: the write-ups' training transform."""
+    transforms = import_torchvision().transforms
+    steps = []
+    if crop_padding:
+        steps.append(transforms.RandomCrop(image_size, padding=crop_padding))
+    if random_flip:
+        steps.append(transforms.RandomHorizontalFlip())
+    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    return transforms.Compose(steps)
+
+
+def train_loader(
+    images: np.ndarray, labels: np.ndarray, *, batch_size: int, crop_padding: int, random_flip: bool,
+    mean, std, num_workers: int, pin_memory: bool, seed: int = 0,
+) -> torch.utils.data.DataLoader:
+    """Shuffled, incomplete last batch dropped (as the JAX trainer drops it), persistent workers."""
+    transform = train_transform(images.shape[1], crop_padding, random_flip, mean, std)
+    dataset = ArrayImageDataset(images, labels, transform)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
+        pin_memory=pin_memory, persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )
