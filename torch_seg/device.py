@@ -1,6 +1,8 @@
 """Device choice and mixed precision, defined once for the image and video chains."""
 from __future__ import annotations
 
+from torch_seg import _torchvision_compat  # noqa: F401  (before anything imports torchvision)
+
 import contextlib
 
 import torch

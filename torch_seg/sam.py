@@ -1,6 +1,8 @@
 """SAM 2.1 from Meta's `sam2` package: build the model, encode an image once, predict one mask per prompt."""
 from __future__ import annotations
 
+from torch_seg import _torchvision_compat  # noqa: F401  (before anything imports torchvision)
+
 import numpy as np
 import torch
 

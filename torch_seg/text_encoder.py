@@ -8,6 +8,8 @@ written here from the offline WordPiece vocabulary shipped by the PyPI package `
 """
 from __future__ import annotations
 
+from torch_seg import _torchvision_compat  # noqa: F401  (before anything imports torchvision)
+
 import tempfile
 from pathlib import Path
 

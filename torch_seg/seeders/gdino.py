@@ -1,6 +1,8 @@
 """GroundingDINO (groundingdino-py) as a region seeder: text prompt -> pixel boxes, scores and phrases."""
 from __future__ import annotations
 
+from torch_seg import _torchvision_compat  # noqa: F401  (before anything imports torchvision)
+
 import contextlib
 import io
 import pickle

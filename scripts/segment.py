@@ -1,0 +1,125 @@
+"""Text-prompted segmentation of images: GroundingDINO (or CLIPSeg) boxes -> SAM 2.1 masks.
+
+  python scripts/segment.py --image truck.jpg --prompt "truck. wheel." --out out/
+  python scripts/segment.py --image-dir photos/ --prompt "paper bag" --out out/ --sam2-model small
+
+Writes OUT/<image stem>/overlay.png, masks/<i>.png and result.json (see notes/segmentation.md).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("USE_TF", "0")  # transformers must not import TensorFlow where it is installed
+
+from torch_seg.checkpoints import DEFAULT_GDINO_MODEL, DEFAULT_SAM2_MODEL, GDINO_MODELS, SAM2_MODELS
+from torch_seg.device import DEVICE_CHOICES
+from torch_seg.errors import UserError
+from torch_seg.seeders import DEFAULT_BOX_THRESHOLD, DEFAULT_MAX_DETECTIONS, DEFAULT_TEXT_THRESHOLD, SEEDERS
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", nargs="+", metavar="PATH", help="image file(s) or http(s) URL(s)")
+    source.add_argument("--image-dir", metavar="DIR", help="segment every image in this folder")
+    p.add_argument("--prompt", required=True, help='objects to find, phrases separated by "." e.g. "truck. wheel."')
+    p.add_argument("--out", required=True, metavar="DIR", help="results go to DIR/<image stem>/")
+    p.add_argument("--sam2-model", default=DEFAULT_SAM2_MODEL, choices=list(SAM2_MODELS))
+    p.add_argument("--sam2-checkpoint", metavar="FILE", help="default: checkpoints/sam2.1_hiera_<model>.pt")
+    p.add_argument("--gdino-model", default=DEFAULT_GDINO_MODEL, choices=list(GDINO_MODELS),
+                   help="GroundingDINO backbone: swin_t (OGC, default) or swin_b")
+    p.add_argument("--gdino-checkpoint", metavar="FILE", help="default: checkpoints/groundingdino_<model>.pth")
+    p.add_argument("--text-encoder", metavar="DIR",
+                   help="local bert-base-uncased tokenizer + config.json (default: checkpoints/bert-base-uncased)")
+    p.add_argument("--clipseg-model", metavar="DIR", help="local CLIPSeg folder for --seeder clipseg")
+    p.add_argument("--box-threshold", type=float, default=DEFAULT_BOX_THRESHOLD)
+    p.add_argument("--text-threshold", type=float, default=DEFAULT_TEXT_THRESHOLD)
+    p.add_argument("--max-detections", type=int, default=DEFAULT_MAX_DETECTIONS, help="keep the best N per image")
+    p.add_argument("--seeder", default="gdino", choices=list(SEEDERS))
+    p.add_argument("--device", default="auto", choices=list(DEVICE_CHOICES))
+    p.add_argument("--random-weights", action="store_true",
+                   help="real architectures with random weights, no checkpoints: for tests and trying the plumbing")
+    return p.parse_args(argv)
+
+
+def unique_names(sources: list[str]) -> list[str]:
+    """Output folder names: the image stems, with _2, _3, ... where two images share a stem."""
+    from torch_seg.images import image_stem
+
+    seen: dict[str, int] = {}
+    names = []
+    for source in sources:
+        stem = image_stem(source)
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from torch_seg.images import list_images
+    from torch_seg.pipeline import TextSegmenter, quiet_library_warnings
+    from torch_seg.prompts import parse_prompt
+
+    parse_prompt(args.prompt)  # an empty prompt fails before any model is built
+    sources = [str(p) for p in list_images(args.image_dir)] if args.image_dir else list(args.image)
+    for source in sources:  # fail fast, before minutes of model loading
+        if not source.startswith(("http://", "https://")) and not Path(source).is_file():
+            raise UserError(f"image not found: {source} (check the path)")
+    if args.max_detections < 1:
+        raise UserError("--max-detections must be at least 1")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder: choose another path")
+    quiet_library_warnings()
+    if args.random_weights:
+        print("warning: --random-weights: the models have RANDOM weights; boxes, labels and masks are meaningless "
+              "(plumbing only), and every result.json says so", file=sys.stderr)
+    print(f"loading {args.seeder} + SAM 2.1 {args.sam2_model} ...", file=sys.stderr)
+    segmenter = TextSegmenter(
+        seeder=args.seeder, sam2_model=args.sam2_model, sam2_checkpoint=args.sam2_checkpoint,
+        gdino_model=args.gdino_model, gdino_checkpoint=args.gdino_checkpoint, text_encoder=args.text_encoder,
+        clipseg_model=args.clipseg_model, box_threshold=args.box_threshold, text_threshold=args.text_threshold,
+        max_detections=args.max_detections, device=args.device, random_weights=args.random_weights)
+    failures = 0
+    for source, name in tqdm(list(zip(sources, unique_names(sources))), desc="images", unit="img",
+                             disable=len(sources) == 1):
+        try:
+            record = segmenter.process_file(source, args.prompt, out, name=name)
+        except UserError as e:
+            tqdm.write(f"error: {e}", file=sys.stderr)
+            failures += 1
+            continue
+        n = record["num_detections"]
+        found = ", ".join(sorted({d["label"] for d in record["detections"]})) or "nothing"
+        line = f"{name}: {n} object(s) ({found}) in {record['timings_ms']['total'] / 1e3:.1f} s -> {out / name}"
+        if n == 0:
+            line += (f"  [no object scored above --box-threshold {args.box_threshold} for {args.prompt!r}; "
+                     f"try a lower --box-threshold]")
+        if args.random_weights:
+            line += "  [RANDOM WEIGHTS]"
+        tqdm.write(line)
+    if failures:
+        print(f"error: {failures} of {len(sources)} image(s) failed (messages above)", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
