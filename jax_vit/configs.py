@@ -15,6 +15,8 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+    # Data: set by the trainer from --dataset (normalisation statistics and channel count follow it).
+    dataset: str = "cifar10"
     # Model.
     image_size: int = 32
     in_channels: int = 3  # set from the dataset (1 for Fashion-MNIST)
@@ -39,6 +41,9 @@ class Config:
     b2: float = 0.999
     label_smoothing: float = 0.1
     grad_clip_norm: float = 1.0
+    # Exponential moving average of the weights, kept in the train state, evaluated beside the raw weights
+    # and checkpointed with them; 0 turns it off. The effective decay warms up as min(decay, (1+t)/(10+t)).
+    ema_decay: float = 0.0
     # Augmentation, applied on the device inside jit.
     crop_padding: int = 4
     random_flip: bool = True

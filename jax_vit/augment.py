@@ -1,0 +1,64 @@
+"""On-device input pipeline: uint8 images in, normalised floats and soft targets out, inside jit.
+
+`augment` is the one place training inputs are made. It runs per device inside the train step, so the
+whole dataset can stay on the accelerator as uint8 and input never stalls it. It returns *target
+distributions* rather than integer labels, so batch-mixing augmentations (Mixup, CutMix) can be added here
+without touching the loss or the step.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jax_vit.configs import Config
+from jax_vit.data import DATASETS
+
+
+def normalize(images: jax.Array, config: Config) -> jax.Array:
+    """uint8 (B, H, W, C) -> float32, per-channel standardised with the training set's statistics."""
+    info = DATASETS[config.dataset]
+    mean = jnp.asarray(info.mean, jnp.float32)
+    std = jnp.asarray(info.std, jnp.float32)
+    return (images.astype(jnp.float32) / 255.0 - mean) / std
+
+
+def smooth_targets(labels: jax.Array, num_classes: int, label_smoothing: float) -> jax.Array:
+    """Integer labels -> one-hot rows with `label_smoothing` spread evenly over all classes."""
+    one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    return one_hot * (1.0 - label_smoothing) + label_smoothing / num_classes
+
+
+def random_crop(images: jax.Array, key: jax.Array, padding: int) -> jax.Array:
+    """Zero-pad each side by `padding` pixels, then cut a random window of the original size per image."""
+    if padding == 0:
+        return images
+    batch, height, width, channels = images.shape
+    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    offsets = jax.random.randint(key, (batch, 2), 0, 2 * padding + 1)
+
+    def crop(image, offset):
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, channels))
+
+    return jax.vmap(crop)(padded, offsets)
+
+
+def random_flip(images: jax.Array, key: jax.Array) -> jax.Array:
+    """Mirror each image left-right with probability 1/2."""
+    flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
+    return jnp.where(flip, images[:, :, ::-1, :], images)
+
+
+def augment(images: jax.Array, labels: jax.Array, key: jax.Array, config: Config) -> tuple[jax.Array, jax.Array]:
+    """Training inputs for one device's shard of the batch.
+
+    images: uint8 (B, H, W, C); labels: int (B,); key: this device's key for this step.
+    Returns (float32 normalised images (B, H, W, C), float32 target distributions (B, num_classes)).
+    Geometric augmentations work on uint8 pixels; batch-level ones (Mixup/CutMix) belong after
+    normalisation, where they can mix images and targets together.
+    """
+    crop_key, flip_key = jax.random.split(key)
+    images = random_crop(images, crop_key, config.crop_padding)
+    if config.random_flip:
+        images = random_flip(images, flip_key)
+    targets = smooth_targets(labels, config.num_classes, config.label_smoothing)
+    return normalize(images, config), targets

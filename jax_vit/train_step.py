@@ -1,0 +1,250 @@
+"""The production train step: one pure per-device function, run data-parallel over all local devices.
+
+The trainer and the speed benchmark both use exactly this, so a benchmark measures the real step:
+
+    from jax_vit.train_step import create_train_state, make_mesh, make_recipe, make_train_step, shard_batch
+
+    mesh = make_mesh()                                   # all local devices on one "data" axis
+    recipe = make_recipe(config, steps_per_epoch)        # model graph, optimiser, learning-rate schedule
+    state = create_train_state(recipe, mesh)             # float32 params, replicated on every device
+    train_step = make_train_step(recipe, mesh)           # jit(shard_map(per-device step)), state donated
+    images, labels = shard_batch(mesh, images_uint8_nhwc, int_labels)   # global batch split over "data"
+    state, metrics = train_step(state, images, labels)   # metrics: loss, accuracy, grad_norm, lr (scalars)
+
+`state` is donated: always rebind it (`state, metrics = train_step(state, ...)`), never reuse the old one.
+The global batch must divide evenly over the devices. Augmentation (`jax_vit.augment.augment`) runs inside
+the step, so the inputs are the raw uint8 images and integer labels.
+
+The same per-device function also runs under `jax.pmap` (`make_pmap_train_step`, with a state that has a
+leading device axis from `replicate`); one device is simply the one-element case of either.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jax_vit.augment import augment, normalize
+from jax_vit.configs import Config
+from jax_vit.model import VisionTransformer
+
+DATA_AXIS = "data"
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimiser updates done so far
+    params: Any  # the model's parameters as a pure dict (nnx.split(model) state's .to_pure_dict())
+    opt_state: Any
+    ema_params: Any  # exponential moving average of params; None when config.ema_decay == 0
+    rng: jax.Array  # raw uint32 key data (checkpointable); step and device keys are folded from it
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The static half of training: what the step closes over (nothing here is an array to donate)."""
+
+    config: Config
+    graphdef: Any  # nnx.GraphDef of the VisionTransformer
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    steps_per_epoch: int
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+    """A one-axis mesh over `devices` (default: all local devices) for data parallelism."""
+    devices = list(devices if devices is not None else jax.local_devices())
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices)
+
+
+def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
+    """Linear warm-up from 0 to the peak over `warmup_epochs`, then cosine decay to `min_learning_rate`."""
+    total = max(int(config.epochs * steps_per_epoch), 1)
+    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=config.learning_rate, warmup_steps=warmup,
+        decay_steps=total, end_value=config.min_learning_rate,
+    )
+
+
+def weight_decay_mask(params) -> Any:
+    """True for matmul and conv kernels; biases, norm scales, position embeddings and the CLS token are
+    left alone, since shrinking them towards zero only fights the normalisation (as in DeiT/big_vision)."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+
+
+def make_optimizer(config: Config, steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    tx = optax.chain(
+        optax.clip_by_global_norm(config.grad_clip_norm),
+        optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay, mask=weight_decay_mask),
+    )
+    return tx, schedule
+
+
+def make_recipe(config: Config, steps_per_epoch: int) -> Recipe:
+    # The graph definition does not depend on the init values: build it abstractly (no compute).
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: VisionTransformer(config, rngs=nnx.Rngs(0))))
+    tx, schedule = make_optimizer(config, steps_per_epoch)
+    return Recipe(config=config, graphdef=graphdef, tx=tx, schedule=schedule, steps_per_epoch=steps_per_epoch)
+
+
+def init_train_state(recipe: Recipe, seed: int | None = None) -> TrainState:
+    """A fresh state on the default device (use `create_train_state` to place it on a mesh)."""
+    seed = recipe.config.seed if seed is None else seed
+    params_key, train_key = jax.random.split(jax.random.key(seed))
+    model = VisionTransformer(recipe.config, rngs=nnx.Rngs(params=params_key))
+    params = nnx.split(model)[1].to_pure_dict()
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=recipe.tx.init(params),
+        ema_params=jax.tree.map(jnp.copy, params) if recipe.config.ema_decay > 0 else None,
+        rng=jax.random.key_data(train_key),
+    )
+
+
+def create_train_state(recipe: Recipe, mesh: jax.sharding.Mesh, seed: int | None = None) -> TrainState:
+    """A fresh state, replicated on every device of `mesh` (what `make_train_step` expects)."""
+    return replicate_on_mesh(mesh, init_train_state(recipe, seed))
+
+
+def replicate_on_mesh(mesh: jax.sharding.Mesh, tree):
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_batch(mesh: jax.sharding.Mesh, *arrays):
+    """Puts global-batch arrays on the mesh, split along their first axis over the data axis."""
+    sharding = NamedSharding(mesh, P(DATA_AXIS))
+    placed = tuple(jax.device_put(a, sharding) for a in arrays)
+    return placed if len(placed) > 1 else placed[0]
+
+
+def step_keys(state: TrainState, axis_name: str = DATA_AXIS) -> tuple[jax.Array, jax.Array]:
+    """(augmentation key, dropout key) for this step on this device: every step and every device differs,
+    and all of it follows from the seed, so a resumed run draws exactly what an uninterrupted one would."""
+    key = jax.random.wrap_key_data(state.rng)
+    key = jax.random.fold_in(jax.random.fold_in(key, state.step), jax.lax.axis_index(axis_name))
+    augment_key, dropout_key = jax.random.split(key)
+    return augment_key, dropout_key
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean cross-entropy against target distributions (smoothed one-hot, or mixed by Mixup/CutMix)."""
+    return optax.softmax_cross_entropy(logits, targets).mean()
+
+
+def ema_update(ema_params, params, decay: float, step: jax.Array):
+    # The (1+t)/(10+t) warm-up keeps early averages from being dominated by the random initialisation.
+    step = step.astype(jnp.float32)
+    decay = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+def train_step_per_device(
+    recipe: Recipe, state: TrainState, images: jax.Array, labels: jax.Array, axis_name: str = DATA_AXIS,
+) -> tuple[TrainState, Metrics]:
+    """One optimiser update, written for one device's shard of the global batch.
+
+    Gradients and metrics are averaged over `axis_name`, so with equal shards the update is the one a
+    single device would make on the whole global batch.
+    """
+    config = recipe.config
+    augment_key, dropout_key = step_keys(state, axis_name)
+    inputs, targets = augment(images, labels, augment_key, config)
+
+    def loss_fn(params):
+        model = nnx.merge(recipe.graphdef, params)
+        logits = model(inputs, train=True, rngs=nnx.Rngs(dropout=dropout_key))
+        return cross_entropy(logits, targets), logits
+
+    # Under shard_map the params are device-invariant, and differentiating a per-device loss with respect to
+    # them would silently *sum* gradients over devices. Marking them device-varying first gives each device
+    # its own gradient, which the explicit pmean then averages (under pmap the cast is a no-op).
+    params = _as_device_varying(state.params, axis_name)
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    grads = jax.lax.pmean(grads, axis_name)
+    updates, opt_state = recipe.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = state.ema_params
+    if ema_params is not None:
+        ema_params = ema_update(ema_params, params, config.ema_decay, state.step)
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+    }
+    metrics = jax.lax.pmean(metrics, axis_name)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["lr"] = recipe.schedule(state.step)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params)
+    return new_state, metrics
+
+
+def _as_device_varying(tree, axis_name: str):
+    def cast(x):
+        aval = jax.typeof(x)
+        # Where the type records the axes a value varies over moved between JAX releases.
+        varying = getattr(getattr(aval, "manual_axis_type", None), "varying", None)
+        if axis_name in (varying if varying is not None else getattr(aval, "vma", ())):
+            return x
+        return jax.lax.pcast(x, axis_name, to="varying")
+    return jax.tree.map(cast, tree)
+
+
+def make_train_step(recipe: Recipe, mesh: jax.sharding.Mesh) -> Callable[..., tuple[TrainState, Metrics]]:
+    """jit(shard_map(train_step_per_device)) over `mesh`: state replicated, batch split, state donated."""
+    step = jax.shard_map(
+        lambda state, images, labels: train_step_per_device(recipe, state, images, labels),
+        mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS)), out_specs=(P(), P()),
+    )
+    return jax.jit(step, donate_argnums=0)
+
+
+def make_pmap_train_step(recipe: Recipe, devices=None) -> Callable[..., tuple[TrainState, Metrics]]:
+    """The same per-device step under `jax.pmap`: state from `replicate`, images shaped (devices, B/devices, ...).
+    Metrics come back with a leading device axis (all entries equal)."""
+    return jax.pmap(
+        lambda state, images, labels: train_step_per_device(recipe, state, images, labels),
+        axis_name=DATA_AXIS, devices=devices, donate_argnums=0,
+    )
+
+
+def replicate(tree, num_devices: int):
+    """A leading device axis for pmap (jax.device_put_replicated is gone)."""
+    return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (num_devices,) + np.shape(x)), tree)
+
+
+def unreplicate(tree):
+    return jax.tree.map(lambda x: x[0], tree)
+
+
+def eval_step_per_device(recipe: Recipe, params, images, labels, mask, axis_name: str = DATA_AXIS):
+    """Sums over this shard (padding rows masked out), added over devices; per-example predictions."""
+    model = nnx.merge(recipe.graphdef, params)
+    logits = model(normalize(images, recipe.config), train=False)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    predictions = jnp.argmax(logits, -1)
+    sums = {
+        "loss_sum": jnp.sum(losses * mask),
+        "correct": jnp.sum((predictions == labels) * mask),
+        "count": jnp.sum(mask),
+    }
+    return jax.lax.psum(sums, axis_name), predictions
+
+
+def make_eval_step(recipe: Recipe, mesh: jax.sharding.Mesh):
+    """(params, images, labels, mask) on the mesh -> (summed loss/correct/count, predictions)."""
+    step = jax.shard_map(
+        lambda params, images, labels, mask: eval_step_per_device(recipe, params, images, labels, mask),
+        mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS)), out_specs=(P(), P(DATA_AXIS)),
+    )
+    return jax.jit(step)
