@@ -1,0 +1,254 @@
+"""The image chain's glue, tested directly with known inputs: no model is built here."""
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from torch_seg import _torchvision_compat
+from torch_seg.boxes import clip_boxes, cxcywh_normalized_to_xyxy_pixels, mask_to_box
+from torch_seg.checkpoints import resolve_gdino_checkpoint, resolve_sam2_checkpoint, sam2_config
+from torch_seg.device import autocast, resolve_device
+from torch_seg.errors import UserError
+from torch_seg.images import image_stem, list_images, load_image
+from torch_seg.overlay import draw_overlay, palette
+from torch_seg.prompts import caption_from_phrases, parse_prompt, phrase_at
+from torch_seg.results import atomic_dir, write_json
+from torch_seg.rle import mask_area, mask_to_rle, rle_to_mask
+from torch_seg.seeders.base import Detections
+from torch_seg.seeders.gdino import label_from_token_scores, token_phrase_index
+
+
+# --- boxes -------------------------------------------------------------------------------------------------
+
+def test_gdino_normalised_centre_boxes_become_pixel_corners():
+    boxes = cxcywh_normalized_to_xyxy_pixels(np.array([[0.5, 0.5, 0.2, 0.4]]), width=200, height=100)
+    np.testing.assert_allclose(boxes, [[80, 30, 120, 70]], atol=1e-4)
+    assert boxes.dtype == np.float32
+
+
+def test_boxes_reaching_past_the_border_are_clipped_to_the_image():
+    boxes = cxcywh_normalized_to_xyxy_pixels(np.array([[0.05, 0.95, 0.3, 0.3]]), width=100, height=100)
+    np.testing.assert_allclose(boxes, [[0, 80, 20, 100]], atol=1e-4)
+    np.testing.assert_allclose(clip_boxes(np.array([[-5, -5, 150, 50]]), 100, 40), [[0, 0, 100, 40]])
+
+
+def test_mask_to_box_is_tight_and_none_for_empty():
+    mask = np.zeros((10, 10), bool)
+    mask[2:5, 3:8] = True
+    np.testing.assert_array_equal(mask_to_box(mask), [3, 2, 8, 5])
+    assert mask_to_box(np.zeros((4, 4), bool)) is None
+
+
+# --- prompts and phrases -----------------------------------------------------------------------------------
+
+def test_prompt_splits_into_lowercase_phrases():
+    assert parse_prompt("Truck. wheel.") == ["truck", "wheel"]
+    assert parse_prompt("  paper   bag ") == ["paper bag"]
+    assert parse_prompt("car; car. tyre\n") == ["car", "tyre"]
+    assert caption_from_phrases(["paper bag", "car"]) == "paper bag . car ."
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", "\n\t", " . . ", None])
+def test_empty_prompt_is_a_user_error(prompt):
+    with pytest.raises(UserError, match="prompt"):
+        parse_prompt(prompt)
+
+
+def test_phrase_at_maps_caption_characters_to_phrases():
+    phrases = ["paper bag", "car"]
+    caption = caption_from_phrases(phrases)
+    assert phrase_at(phrases, caption.index("bag")) == "paper bag"
+    assert phrase_at(phrases, caption.index("car")) == "car"
+    assert phrase_at(phrases, caption.index(".")) is None
+
+
+def test_box_label_is_the_phrase_of_its_best_token_never_a_mix():
+    # Tokens of "[CLS] paper bag . car . [SEP]" with their character offsets in "paper bag . car ."
+    phrases = ["paper bag", "car"]
+    offsets = [(0, 0), (0, 5), (6, 9), (10, 11), (12, 15), (16, 17), (0, 0)]
+    token_ids = [101, 3259, 4524, 1012, 2482, 1012, 102]
+    token_phrase = token_phrase_index(offsets, phrases)
+    np.testing.assert_array_equal(token_phrase, [-1, 0, 0, -1, 1, -1, -1])
+    words = {3259: "paper", 4524: "bag", 2482: "car"}
+    decode = lambda ids: " ".join(words[i] for i in ids)
+    # "car" scores highest, "bag" is also above threshold: the label is "car" alone.
+    scores = np.array([0.9, 0.1, 0.5, 0.9, 0.7, 0.9, 0.9, 0.0])
+    assert label_from_token_scores(scores, token_phrase, token_ids, phrases, 0.25, decode) == "car"
+    # Best token "bag": only the tokens of that phrase above the threshold are kept.
+    scores = np.array([0.0, 0.1, 0.8, 0.0, 0.3, 0.0, 0.0])
+    assert label_from_token_scores(scores, token_phrase, token_ids, phrases, 0.25, decode) == "bag"
+    assert label_from_token_scores(scores, token_phrase, token_ids, phrases, 0.05, decode) == "paper bag"
+    # Nothing above the text threshold: the whole phrase.
+    assert label_from_token_scores(scores, token_phrase, token_ids, phrases, 0.95, decode) == "paper bag"
+
+
+def test_detections_check_their_lengths_and_sort_by_score():
+    d = Detections(np.arange(12).reshape(3, 4), [0.2, 0.9, 0.5], ["a", "b", "c"])
+    top = d.top_k(2)
+    assert top.labels == ["b", "c"] and top.scores.tolist() == pytest.approx([0.9, 0.5])
+    np.testing.assert_array_equal(top.boxes_xyxy[0], [4, 5, 6, 7])
+    assert len(Detections.empty()) == 0 and Detections.empty().boxes_xyxy.shape == (0, 4)
+    with pytest.raises(ValueError):
+        Detections(np.zeros((2, 4)), [0.1], ["a", "b"])
+
+
+# --- RLE ---------------------------------------------------------------------------------------------------
+
+def test_rle_round_trips_and_is_json_ready():
+    rng = np.random.default_rng(0)
+    mask = rng.random((37, 53)) > 0.6
+    rle = mask_to_rle(mask)
+    assert rle["size"] == [37, 53] and isinstance(rle["counts"], str)
+    decoded = rle_to_mask(json.loads(json.dumps(rle)))
+    assert decoded.dtype == bool
+    np.testing.assert_array_equal(decoded, mask)
+    assert mask_area(rle) == mask.sum()
+    np.testing.assert_array_equal(rle_to_mask(mask_to_rle(np.zeros((4, 6), bool))), np.zeros((4, 6), bool))
+
+
+# --- overlay -----------------------------------------------------------------------------------------------
+
+def test_overlay_colours_masks_and_outlines_boxes_without_touching_the_input():
+    image = np.full((120, 160, 3), 100, np.uint8)
+    masks = np.zeros((2, 120, 160), bool)
+    masks[0, 60:100, 10:50] = True
+    masks[1, 60:100, 100:150] = True
+    boxes = np.array([[10, 60, 50, 100], [100, 60, 150, 100]], np.float32)
+    out = draw_overlay(image, masks, boxes, ["truck", "wheel"], np.array([0.9, 0.8]), np.array([0.7, 0.6]))
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert (image == 100).all(), "the input image must not be modified"
+    colours = palette(2)
+    assert not np.array_equal(colours[0], colours[1])
+    inside0, inside1 = out[80, 30].astype(int), out[80, 125].astype(int)
+    np.testing.assert_allclose(inside0, 100 * 0.55 + colours[0] * 0.45, atol=1.5)
+    np.testing.assert_allclose(inside1, 100 * 0.55 + colours[1] * 0.45, atol=1.5)
+    np.testing.assert_array_equal(out[115, 80], [100, 100, 100])  # untouched background
+    np.testing.assert_array_equal(out[99, 10], colours[0])  # box outline, bottom-left corner
+    assert (out[40:60, 10:50] != 100).any(), "a label is drawn above the first box"
+
+
+def test_overlay_with_no_objects_returns_the_image_and_banner_marks_random_weights():
+    image = np.full((60, 200, 3), 30, np.uint8)
+    plain = draw_overlay(image, np.zeros((0, 60, 200), bool), np.zeros((0, 4)), [], np.zeros(0))
+    np.testing.assert_array_equal(plain, image)
+    flagged = draw_overlay(image, np.zeros((0, 60, 200), bool), np.zeros((0, 4)), [], np.zeros(0),
+                           banner="RANDOM WEIGHTS")
+    np.testing.assert_array_equal(flagged[1, 1], [200, 0, 0])
+
+
+# --- images ------------------------------------------------------------------------------------------------
+
+def test_grayscale_rgba_palette_and_16_bit_images_become_rgb_uint8(tmp_path):
+    gray = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (10, 1))
+    Image.fromarray(gray, "L").save(tmp_path / "gray.png")
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 255
+    rgba[:4, :, 3] = 255  # top half opaque red, bottom half transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(gray, "L").convert("P").save(tmp_path / "palette.png")
+    deep = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+
+    for name in ("gray", "rgba", "palette", "deep"):
+        image = load_image(tmp_path / f"{name}.png")
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, name
+    np.testing.assert_array_equal(load_image(tmp_path / "gray.png")[..., 1], gray)
+    rgb = load_image(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(rgb[0, 0], [255, 0, 0])
+    np.testing.assert_array_equal(rgb[7, 7], [255, 255, 255])  # transparent -> white background
+    deep_rgb = load_image(tmp_path / "deep.png")
+    assert deep_rgb[7, 7, 0] == round(63000 / 65535 * 255) and deep_rgb[0, 0, 0] == 0
+
+
+def test_unreadable_images_are_user_errors(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "fake.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "ok.png")
+    (tmp_path / "truncated.png").write_bytes((tmp_path / "ok.png").read_bytes()[:60])
+    for name in ("notes.txt", "fake.jpg", "truncated.png", "missing.png"):
+        with pytest.raises(UserError):
+            load_image(tmp_path / name)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_huge_image_is_refused_from_its_header_before_decoding(tmp_path):
+    (tmp_path / "huge.png").write_bytes(_png_header_only(40000, 30000))  # 1.2 GP, a 100-byte file
+    with pytest.raises(UserError, match="downscale"):
+        load_image(tmp_path / "huge.png")
+
+
+def test_list_images_sorts_and_rejects_empty_folders(tmp_path):
+    for name in ("b.jpg", "a.PNG", "c.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in list_images(tmp_path)] == ["a.PNG", "b.jpg"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no images"):
+        list_images(tmp_path / "empty")
+    with pytest.raises(UserError, match="not found"):
+        list_images(tmp_path / "absent")
+    assert image_stem("https://example.com/photos/truck.jpg?size=large") == "truck"
+
+
+def test_offline_url_fails_fast_with_a_user_error():
+    with pytest.raises(UserError, match="download"):
+        load_image("http://127.0.0.1:9/none.jpg")
+
+
+# --- results folders ---------------------------------------------------------------------------------------
+
+def test_atomic_dir_leaves_nothing_behind_on_failure(tmp_path):
+    final = tmp_path / "out" / "truck"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as tmp:
+            (tmp / "overlay.png").write_bytes(b"half")
+            raise RuntimeError("crash mid-write")
+    assert not (tmp_path / "out").exists()
+    with atomic_dir(final) as tmp:
+        write_json(tmp / "result.json", {"ok": 1})
+    with atomic_dir(final) as tmp:  # a re-run replaces the old result as a whole
+        write_json(tmp / "result.json", {"ok": 2})
+    assert json.loads((final / "result.json").read_text()) == {"ok": 2}
+    assert sorted(p.name for p in final.parent.iterdir()) == ["truck"]
+
+
+# --- device, checkpoints, torchvision shim -----------------------------------------------------------------
+
+def test_cuda_asked_for_but_absent_is_a_user_error():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    with pytest.raises(UserError, match="no CUDA"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
+    with autocast("cpu"):
+        assert not torch.is_autocast_enabled()
+
+
+def test_missing_checkpoints_name_the_download_command(tmp_path):
+    with pytest.raises(UserError, match="download_checkpoints"):
+        resolve_sam2_checkpoint("tiny", tmp_path / "nope.pt")
+    with pytest.raises(UserError, match="download_checkpoints"):
+        resolve_gdino_checkpoint("swin_t", tmp_path / "nope.pth")
+    with pytest.raises(UserError, match="tiny"):
+        sam2_config("huge")
+    assert sam2_config("base_plus") == "configs/sam2.1/sam2.1_hiera_b+.yaml"
+
+
+def test_nms_fallback_matches_torchvision_semantics():
+    import torchvision
+
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 10.5]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.95])
+    keep = torchvision.ops.nms(boxes, scores, 0.5)
+    assert keep.tolist() == [3, 2]
+    assert _torchvision_compat.nms_reference(boxes, scores, 0.5).tolist() == [3, 2]
