@@ -1,0 +1,56 @@
+"""SAM 2.1's video predictor (`build_sam2_video_predictor`), built from the same model table as the image chain."""
+from __future__ import annotations
+
+import torch
+
+from torch_seg.checkpoints import DEFAULT_SAM2_MODEL, resolve_sam2_checkpoint, sam2_config
+from torch_seg.errors import UserError
+from torch_seg.sam import RANDOM_WEIGHTS_SEED
+
+
+def build_video_predictor(model_name: str = DEFAULT_SAM2_MODEL, checkpoint=None, device="cpu",
+                          random_weights: bool = False, vos_optimized: bool = False):
+    """A `SAM2VideoPredictor` for `model_name` (tiny|small|base_plus|large) on `device`, in eval mode.
+
+    `vos_optimized` builds sam2's `SAM2VideoPredictorVOS`, which torch.compiles the image encoder, memory
+    attention, memory encoder and SAM heads (mode max-autotune): the setting behind the SAM 2 authors' speed
+    figures. It is meant for CUDA; compiling takes minutes on first use.
+    """
+    from sam2.build_sam import build_sam2_video_predictor
+
+    config = sam2_config(model_name)
+    device = str(device)
+    if random_weights:
+        # The same seed as the image chain: a random-weight run is reproducible from run to run.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            predictor = build_sam2_video_predictor(config, ckpt_path=None, device=device, vos_optimized=vos_optimized)
+        return _with_float_memory_outside_autocast(predictor)
+    path = resolve_sam2_checkpoint(model_name, checkpoint)
+    try:
+        predictor = build_sam2_video_predictor(config, ckpt_path=str(path), device=device, vos_optimized=vos_optimized)
+    except (RuntimeError, KeyError, EOFError, OSError, ValueError) as e:
+        # sam2 raises a bare RuntimeError on mismatched keys; torch.load raises on corrupt files.
+        raise UserError(f"{path} is not a SAM 2.1 {model_name} checkpoint ({type(e).__name__}: {str(e)[:120]}): "
+                        f"check --sam2-model / --sam2-checkpoint or re-download it") from None
+    return _with_float_memory_outside_autocast(predictor)
+
+
+def _with_float_memory_outside_autocast(predictor):
+    """Let SAM 2's memory attention run without autocast (CPU): cast its bf16 memory to the weights' dtype.
+
+    The video predictor always stores per-frame memory features in bf16 and relies on CUDA bf16 autocast to
+    mix them with its fp32 weights. Without autocast, a frame whose memory holds no fp32 object pointer (the
+    first step of a backward pass, for one) fails with "mat1 and mat2 must have the same dtype"
+    (facebookresearch/sam2#308). Under autocast this hook changes nothing.
+    """
+    weight_dtype = next(predictor.memory_attention.parameters()).dtype
+
+    def cast_memory(module, args, kwargs):
+        memory = kwargs.get("memory")
+        if memory is not None and memory.dtype != weight_dtype and not torch.is_autocast_enabled(memory.device.type):
+            kwargs["memory"] = memory.to(weight_dtype)
+        return args, kwargs
+
+    predictor.memory_attention.register_forward_pre_hook(cast_memory, with_kwargs=True)
+    return predictor
