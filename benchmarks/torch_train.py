@@ -40,7 +40,7 @@ class Schedule:
     @classmethod
     def from_config(cls, config: Config, steps_per_epoch: int, init_value: float = 0.0) -> "Schedule":
         total = max(int(config.epochs * steps_per_epoch), 1)
-        warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
+        warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
         return cls(init_value, config.learning_rate, warmup, total, config.min_learning_rate)
 
     def lr_at_step(self, step: int) -> float:

@@ -6,18 +6,30 @@ is (out, in); a Flax Conv kernel is (kh, kw, in, out) and PyTorch's is (out, in,
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 from flax import nnx
 
 
-def flax_params_to_numpy(model_or_state) -> dict[str, np.ndarray]:
-    """The Flax model's parameters as `{"blocks.0.attention.qkv.kernel": array, ...}`."""
-    state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state, nnx.Param)
+def flax_params_to_numpy(params) -> dict[str, np.ndarray]:
+    """`{"blocks.0.attention.qkv.kernel": array, ...}` from a Flax model, its `nnx.State`, or the pure
+    nested dict the train state holds (`nnx.split(model)[1].to_pure_dict()`)."""
+    if isinstance(params, nnx.Module):
+        params = nnx.state(params, nnx.Param)
+    if isinstance(params, nnx.State):
+        params = params.to_pure_dict()
     flat = {}
-    for path, leaf in nnx.to_flat_state(state):
-        value = leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
-        flat[".".join(str(part) for part in path)] = np.array(value, dtype=np.float32)  # a writable copy
+
+    def visit(prefix: str, node) -> None:
+        if isinstance(node, Mapping):
+            for key, child in node.items():
+                visit(f"{prefix}{key}.", child)
+        else:
+            flat[prefix[:-1]] = np.array(node, dtype=np.float32)  # a writable float32 copy
+
+    visit("", params)
     return flat
 
 
