@@ -1,6 +1,8 @@
 """SAM 2.1's video predictor (`build_sam2_video_predictor`), built from the same model table as the image chain."""
 from __future__ import annotations
 
+from torch_seg import _torchvision_compat  # noqa: F401  (before anything imports torchvision)
+
 import torch
 
 from torch_seg.checkpoints import DEFAULT_SAM2_MODEL, resolve_sam2_checkpoint, sam2_config

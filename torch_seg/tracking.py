@@ -8,6 +8,8 @@ mask) is compared through the last box it had, so a re-appearing object is not g
 """
 from __future__ import annotations
 
+from torch_seg import _torchvision_compat  # noqa: F401  (before anything imports torchvision)
+
 import numpy as np
 import torch
 from torchvision.ops import box_iou, nms

@@ -15,6 +15,8 @@ resolved to one owner per pixel (highest logit) so that label images and RLEs ag
 """
 from __future__ import annotations
 
+from torch_seg import _torchvision_compat  # noqa: F401  (before anything imports torchvision)
+
 import time
 from dataclasses import dataclass, field
 from typing import Callable

@@ -1,0 +1,160 @@
+"""What a tracking run writes: masks/<frame>.png label images, overlay.mp4 and tracks.json (schema defined here).
+
+Everything goes into a temporary sibling of the output folder that is renamed into place at the end
+(`results.atomic_dir`), so an interrupted or failed run never leaves a half-written result.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
+
+from torch_seg.frames import VideoFrames, frame_file_name
+from torch_seg.overlay import MASK_ALPHA, palette
+from torch_seg.results import atomic_dir, write_json
+from torch_seg.video import TrackingResult
+
+TRACKS_SCHEMA_VERSION = 1
+RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: boxes, labels and masks are meaningless; this run only exercises the plumbing"
+OVERLAY_VIDEO = "overlay.mp4"
+OVERLAY_FRAMES_DIR = "overlay"  # used instead of overlay.mp4 where OpenCV has no mp4 encoder
+# mp4v (MPEG-4 Part 2) is the mp4 codec every OpenCV build with FFmpeg can write; H.264 needs a GPL encoder.
+OVERLAY_FOURCC = "mp4v"
+
+
+def _box_of(rle: dict) -> list[float]:
+    x, y, w, h = mask_utils.toBbox({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).tolist()
+    return [round(x, 2), round(y, 2), round(x + w, 2), round(y + h, 2)]
+
+
+def tracks_record(result: TrackingResult, frames: VideoFrames, *, prompt: str, phrases: list[str], models: dict,
+                  random_weights: bool, device: str, options: dict, overlay: str | None,
+                  timings_s: dict[str, float]) -> dict:
+    """The tracks.json schema, defined once. Per object: its label, the frame it was first prompted on, and per
+    frame where it has a mask its box (pixel xyxy), area (pixels) and COCO RLE."""
+    objects = []
+    for obj in result.objects:
+        per_frame = []
+        for index, masks in enumerate(result.frame_masks):
+            rle = masks.get(obj.id)
+            if rle is not None:
+                area = int(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}))
+                per_frame.append({"frame": index, "box_xyxy": _box_of(rle), "area": area, "rle": rle})
+        objects.append({"id": obj.id, "label": obj.label, "score": round(obj.score, 6),
+                        "first_frame": obj.first_frame, "prompt_box_xyxy": [round(v, 2) for v in obj.prompt_box_xyxy],
+                        "num_frames": len(per_frame), "frames": per_frame})
+    propagate_s = result.timings_s.get("propagate_s", 0.0)
+    return {
+        "schema_version": TRACKS_SCHEMA_VERSION,
+        "video": frames.source,
+        "num_frames": len(frames),
+        "width": frames.width,
+        "height": frames.height,
+        "fps": frames.fps,
+        "frame_names": frames.names,
+        "prompt": prompt,
+        "phrases": phrases,
+        "options": options,
+        "models": models,
+        "random_weights": bool(random_weights),
+        "note": RANDOM_WEIGHTS_NOTE if random_weights else None,
+        "device": device,
+        "label_images": "masks/<frame index, 5 digits>.png: uint16, 0 = background, else the object id",
+        "overlay": overlay,
+        "detection_frames": result.detection_frames,
+        "num_objects": len(objects),
+        "objects": objects,
+        "timings_s": {**result.timings_s, **{k: round(v, 3) for k, v in timings_s.items()}},
+        "frames_propagated": result.frames_propagated,
+        # Propagation only (SAM 2's per-frame work, both directions), the figure comparable to the SAM 2 paper's.
+        "propagation_frames_per_s": round(result.frames_propagated / propagate_s, 4) if propagate_s > 0 else None,
+    }
+
+
+def _open_overlay_writer(path: Path, fps: float, width: int, height: int) -> cv2.VideoWriter | None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*OVERLAY_FOURCC), fps, (width, height))
+    if writer.isOpened():
+        return writer
+    writer.release()
+    path.unlink(missing_ok=True)
+    return None
+
+
+def draw_tracked_objects(frame: np.ndarray, label: np.ndarray, result: TrackingResult,
+                         banner: str | None = None) -> np.ndarray:
+    """One overlay frame: each present object's mask, box and "#id label" in the colour of its id.
+
+    `overlay.draw_overlay` colours objects by their position in the list it is given; in a video an object
+    must keep its colour from frame to frame, whatever else is visible, so colours are looked up by object id
+    here (from the same palette). Everything else follows draw_overlay's look.
+    """
+    ids = np.array([obj.id for obj in result.objects])
+    colours = np.zeros((int(ids.max()) + 1, 3), dtype=np.float32)
+    colours[ids] = palette(len(ids))  # palette(n)[i] does not depend on n: object i keeps its colour
+    out = frame.astype(np.float32)
+    fg = label > 0
+    out[fg] = out[fg] * (1 - MASK_ALPHA) + colours[label[fg]] * MASK_ALPHA
+    canvas = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    height, width = label.shape
+    line = max(2, round(min(height, width) / 300))
+    font = ImageFont.load_default(size=max(12, round(min(height, width) / 40)))
+    for obj in result.objects:
+        ys, xs = np.nonzero(label == obj.id)
+        if len(xs) == 0:
+            continue
+        colour = tuple(int(c) for c in colours[obj.id])
+        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=line)
+        text = f"#{obj.id} {obj.label}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        ty = max(y0 - (bottom - top) - 2 * line, 0)
+        draw.rectangle([x0, ty, x0 + right - left + 2 * line, ty + bottom - top + 2 * line], fill=colour)
+        draw.text((x0 + line - left, ty + line - top), text, fill=(0, 0, 0), font=font)
+    if banner:  # bottom left: object labels sit at the top of their boxes, often at the top of the frame
+        left, top, right, bottom = draw.textbbox((0, 0), banner, font=font)
+        y0 = height - (bottom - top) - 4 * line
+        draw.rectangle([0, y0, right - left + 4 * line, height], fill=(200, 0, 0))
+        draw.text((2 * line - left, y0 + 2 * line - top), banner, fill=(255, 255, 255), font=font)
+    return np.asarray(canvas)
+
+
+def write_tracking_output(out_dir: str | Path, frames: VideoFrames, result: TrackingResult, record: dict, *,
+                          banner: str | None = None, run_started: float | None = None) -> Path:
+    """Write masks/<frame>.png for every frame, the overlay video (or frames) and tracks.json, atomically.
+
+    With no tracked object only tracks.json is written: there is nothing to draw or label. The writing time
+    (and the run's total, from `run_started`, a perf_counter value) go into the record before it is saved.
+    """
+    out_dir = Path(out_dir)
+    write_started = time.perf_counter()
+    with atomic_dir(out_dir) as tmp:
+        if result.objects:
+            (tmp / "masks").mkdir()
+            writer = _open_overlay_writer(tmp / OVERLAY_VIDEO, frames.fps, frames.width, frames.height)
+            if writer is None:
+                (tmp / OVERLAY_FRAMES_DIR).mkdir()
+            record["overlay"] = OVERLAY_VIDEO if writer is not None else f"{OVERLAY_FRAMES_DIR}/<frame>.jpg"
+            try:
+                for index in tqdm(range(len(frames)), desc="writing masks and overlay", unit="frame"):
+                    label = result.label_image(index)
+                    Image.fromarray(label).save(tmp / "masks" / frame_file_name(index, ".png"))
+                    drawn = draw_tracked_objects(frames.read(index), label, result, banner)
+                    if writer is not None:
+                        writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+                    else:
+                        Image.fromarray(drawn).save(tmp / OVERLAY_FRAMES_DIR / frame_file_name(index), quality=90)
+            finally:
+                if writer is not None:
+                    writer.release()
+        now = time.perf_counter()
+        record["timings_s"]["write_s"] = round(now - write_started, 3)
+        if run_started is not None:
+            record["timings_s"]["total_s"] = round(now - run_started, 3)
+        write_json(tmp / "tracks.json", record)
+    return out_dir
