@@ -45,15 +45,17 @@ class TrackingOptions:
     offload_video_to_cpu: bool = False
     offload_state_to_cpu: bool = False
 
-    def check(self, num_frames: int) -> None:
-        """UserError for options that cannot work on a clip of `num_frames` frames."""
-        if not 0 <= self.prompt_frame < num_frames:
-            raise UserError(f"--prompt-frame {self.prompt_frame} is past the end of the clip ({num_frames} frames"
-                            f"{' read' if num_frames else ''}): use 0..{num_frames - 1}")
+    def check(self, num_frames: int | None = None) -> None:
+        """UserError for options that cannot work (on a clip of `num_frames` frames, when given)."""
+        if self.prompt_frame < 0:
+            raise UserError(f"--prompt-frame must be 0 or more, got {self.prompt_frame}")
         if self.redetect_every is not None and self.redetect_every < 1:
             raise UserError(f"--redetect-every must be at least 1, got {self.redetect_every}")
         if self.max_objects < 1:
             raise UserError(f"--max-objects must be at least 1, got {self.max_objects}")
+        if num_frames is not None and self.prompt_frame >= num_frames:
+            raise UserError(f"--prompt-frame {self.prompt_frame} is past the end of the clip ({num_frames} frames): "
+                            f"use 0..{num_frames - 1}")
 
 
 @dataclass

@@ -55,6 +55,7 @@ def track_video(video: str | Path, prompt: str, out: str | Path, *, prompt_frame
     options = TrackingOptions(prompt_frame=prompt_frame, redetect_every=redetect_every, match_iou=match_iou,
                               max_objects=max_objects, offload_video_to_cpu=offload_video_to_cpu,
                               offload_state_to_cpu=offload_state_to_cpu)
+    options.check()
     checkpoint = None if random_weights else resolve_sam2_checkpoint(sam2_model, sam2_checkpoint)
     quiet_library_warnings()
     if random_weights:
