@@ -127,7 +127,7 @@ class GroundingDinoSeeder:
     def __init__(self, model_name: str = DEFAULT_GDINO_MODEL, *, checkpoint=None, text_encoder=None, device="cpu",
                  random_weights: bool = False, box_threshold: float = DEFAULT_BOX_THRESHOLD,
                  text_threshold: float = DEFAULT_TEXT_THRESHOLD, max_detections: int = DEFAULT_MAX_DETECTIONS,
-                 resize_shortest: int = RESIZE_SHORTEST, resize_max: int = RESIZE_MAX):
+                 resize_shortest: int | None = None, resize_max: int | None = None):
         for name, value in (("--box-threshold", box_threshold), ("--text-threshold", text_threshold)):
             if not 0.0 <= value <= 1.0:
                 raise UserError(f"{name} {value} is outside [0, 1]: scores are sigmoid probabilities")
@@ -139,7 +139,8 @@ class GroundingDinoSeeder:
         self.random_weights = random_weights
         self.box_threshold, self.text_threshold = box_threshold, text_threshold
         self.max_detections = max_detections
-        self.resize_shortest, self.resize_max = resize_shortest, resize_max
+        self.resize_shortest = resize_shortest or RESIZE_SHORTEST
+        self.resize_max = resize_max or RESIZE_MAX
 
     def describe(self) -> dict:
         return {"name": self.name, "checkpoint": None if self.checkpoint is None else str(self.checkpoint),

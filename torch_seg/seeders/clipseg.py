@@ -1,0 +1,131 @@
+"""CLIPSeg (transformers) as a region seeder: a coarse per-phrase heat map -> box + point prompts for SAM 2.
+
+CLIPSeg predicts a 352x352 relevance map for each phrase. Each connected region of the map above the
+threshold becomes one object: its bounding box, its hottest pixel as a positive point, its peak as the score.
+SAM 2 then turns these rough regions into sharp masks.
+"""
+from __future__ import annotations
+
+from torch_seg import _torchvision_compat  # noqa: F401  (before anything imports torchvision)
+
+import json
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from torch_seg.checkpoints import CLIPSEG_MODEL_ID
+from torch_seg.device import autocast
+from torch_seg.errors import UserError
+from torch_seg.prompts import parse_prompt
+from torch_seg.seeders.base import Detections
+
+CLIPSEG_IMAGE_SIZE = 352  # the resolution CLIPSeg was trained at
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+MIN_AREA_FRACTION = 0.001  # regions smaller than 0.1% of the image are heat-map speckle, not objects
+RANDOM_WEIGHTS_SEED = 0
+
+
+def heatmap_to_regions(heat: np.ndarray, threshold: float, min_area_fraction: float = MIN_AREA_FRACTION,
+                       ) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    """Connected regions of `heat` (H, W, values in [0, 1]) above `threshold`, as
+    (box xyxy float32 in pixels, peak score, peak point xy float32), hottest first."""
+    binary = (heat > threshold).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    regions = []
+    min_area = max(1, min_area_fraction * heat.size)
+    for k in range(1, count):  # 0 is the background
+        x, y, w, h, area = stats[k]
+        if area < min_area:
+            continue
+        region_heat = np.where(labels == k, heat, -np.inf)
+        py, px = np.unravel_index(np.argmax(region_heat), heat.shape)
+        regions.append((np.array([x, y, x + w, y + h], np.float32), float(heat[py, px]),
+                        np.array([px + 0.5, py + 0.5], np.float32)))
+    return sorted(regions, key=lambda r: -r[1])
+
+
+def _offline_clip_tokenizer_folder() -> Path:
+    """A byte-level CLIP tokenizer without merges (every character a token), for random-weight runs only:
+    the real BPE vocabulary ships with the CLIPSeg checkpoint, which cannot be fetched offline."""
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+    folder = Path(tempfile.mkdtemp(prefix="torch_seg_clip_tok_"))
+    chars = list(bytes_to_unicode().values())
+    vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return folder
+
+
+def build_clipseg(checkpoint=None, device="cpu", random_weights: bool = False):
+    """(processor, model): a local CLIPSeg folder, the hub model when online, or random weights."""
+    from transformers import (CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTokenizer,
+                              ViTImageProcessor)
+
+    if random_weights:
+        # The rd64-refined architecture: ViT-B/16 CLIP, 64-dim decoder, the refined transposed convolution.
+        config = CLIPSegConfig(vision_config={"patch_size": 16}, reduce_dim=64,
+                               use_complex_transposed_convolution=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            model = CLIPSegForImageSegmentation(config)
+        folder = _offline_clip_tokenizer_folder()
+        tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+        image_processor = ViTImageProcessor(size={"height": CLIPSEG_IMAGE_SIZE, "width": CLIPSEG_IMAGE_SIZE},
+                                            image_mean=CLIP_MEAN, image_std=CLIP_STD)
+        processor = CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer)
+        return processor, model.to(device).eval()
+    source = str(checkpoint) if checkpoint is not None else CLIPSEG_MODEL_ID
+    if checkpoint is not None and not Path(checkpoint).is_dir():
+        raise UserError(f"CLIPSeg folder not found: {checkpoint} (pass --clipseg-model with a local copy of "
+                        f"{CLIPSEG_MODEL_ID})")
+    try:
+        processor = CLIPSegProcessor.from_pretrained(source)
+        model = CLIPSegForImageSegmentation.from_pretrained(source)
+    except OSError as e:
+        raise UserError(f"cannot load CLIPSeg from {source} ({str(e).splitlines()[0][:100]}): pass --clipseg-model "
+                        f"DIR with a local copy of {CLIPSEG_MODEL_ID}, or go online once") from None
+    return processor, model.to(device).eval()
+
+
+class ClipSegSeeder:
+    """Text-prompted regions from CLIPSeg heat maps (boxes + peak points)."""
+
+    def __init__(self, *, checkpoint=None, device="cpu", random_weights: bool = False, box_threshold: float = 0.35,
+                 max_detections: int = 100, min_area_fraction: float = MIN_AREA_FRACTION):
+        if not 0.0 <= box_threshold <= 1.0:
+            raise UserError(f"--box-threshold {box_threshold} is outside [0, 1]")
+        self.device = torch.device(device)
+        self.processor, self.model = build_clipseg(checkpoint, self.device, random_weights)
+        self.checkpoint = None if random_weights else (checkpoint or CLIPSEG_MODEL_ID)
+        self.name = "clipseg_rd64_refined"
+        self.random_weights = random_weights
+        self.threshold, self.max_detections, self.min_area_fraction = box_threshold, max_detections, min_area_fraction
+
+    def describe(self) -> dict:
+        return {"name": self.name, "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
+                "random_weights": self.random_weights}
+
+    @torch.inference_mode()
+    def heatmaps(self, image: np.ndarray, phrases: list[str]) -> np.ndarray:
+        """(P, H, W) float32 relevance in [0, 1] per phrase, resized to the image."""
+        inputs = self.processor(text=phrases, images=[image] * len(phrases), padding=True, return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        with autocast(self.device):
+            logits = self.model(**inputs).logits
+        logits = logits.reshape(len(phrases), 1, *logits.shape[-2:]).float()
+        heat = torch.nn.functional.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
+        return heat[:, 0].sigmoid().cpu().numpy()
+
+    def detect(self, image: np.ndarray, prompt: str) -> Detections:
+        phrases = parse_prompt(prompt)
+        boxes, scores, labels, points = [], [], [], []
+        for phrase, heat in zip(phrases, self.heatmaps(image, phrases)):
+            for box, score, point in heatmap_to_regions(heat, self.threshold, self.min_area_fraction):
+                boxes.append(box), scores.append(score), labels.append(phrase), points.append(point[None])
+        if not boxes:
+            return Detections.empty()
+        return Detections(np.stack(boxes), np.array(scores), labels, np.stack(points)).top_k(self.max_detections)
