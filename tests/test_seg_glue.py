@@ -252,3 +252,23 @@ def test_nms_fallback_matches_torchvision_semantics():
     keep = torchvision.ops.nms(boxes, scores, 0.5)
     assert keep.tolist() == [3, 2]
     assert _torchvision_compat.nms_reference(boxes, scores, 0.5).tolist() == [3, 2]
+
+
+# --- CLIPSeg heat map -> prompts ---------------------------------------------------------------------------
+
+def test_heat_map_regions_become_boxes_points_and_peak_scores():
+    from torch_seg.seeders.clipseg import heatmap_to_regions
+
+    heat = np.zeros((100, 200), np.float32)
+    heat[10:30, 20:60] = 0.6
+    heat[15, 40] = 0.9  # the peak of the first region
+    heat[50:90, 120:180] = 0.7
+    heat[0, 199] = 0.95  # a single hot pixel: speckle below the minimum area
+    regions = heatmap_to_regions(heat, threshold=0.5, min_area_fraction=0.001)
+    assert len(regions) == 2
+    (box_a, score_a, point_a), (box_b, score_b, point_b) = regions
+    assert score_a == pytest.approx(0.9) and score_b == pytest.approx(0.7)
+    np.testing.assert_array_equal(box_a, [20, 10, 60, 30])
+    np.testing.assert_array_equal(point_a, [40.5, 15.5])
+    np.testing.assert_array_equal(box_b, [120, 50, 180, 90])
+    assert heatmap_to_regions(heat, threshold=0.99) == []
