@@ -1,0 +1,336 @@
+"""Ablation grids and their runner: every setting gets the same epoch budget, seeds and validation split.
+
+A grid is a list of settings; a setting is a name and the config changes it makes to the base preset
+(the recipe presets of the `best` grid replace the base's recipe but keep its model size, so `best` and the
+write-ups' recipes are compared at the same size and budget). Settings are chosen on a validation split
+carved from the training images, the same split for every run; the test images are only scored at the
+end, for the report.
+
+Each finished run is appended to `runs.jsonl` in the output folder (so an interrupted grid resumes where it
+stopped), and after every run `results.csv`, `results.md` and `accuracy.png` are rewritten from it.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jax_vit.configs import PRESETS, Config
+
+MODEL_FIELDS = ("image_size", "in_channels", "num_classes", "patch_size", "width", "depth", "num_heads",
+                "mlp_dim", "compute_dtype")
+# A short budget cannot afford the write-ups' 5 warm-up epochs: warm-up is capped at this share of it.
+MAX_WARMUP_SHARE = 0.2
+RANDAUGMENT = {"randaugment_ops": 2, "randaugment_magnitude": 9.0}
+MIX = {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mix_prob": 1.0}
+
+
+class AblationError(ValueError):
+    """A bad grid name, budget or seed list; the message names the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str
+    changes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    recipe_preset: str | None = None  # take the whole recipe from this preset, the model size from the base
+
+
+def equal_param_shapes(base: Config, depths: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(depth, width) pairs with about the base's encoder parameter count.
+
+    A block holds about (4 + 2 * mlp_ratio) * width^2 parameters, so depth * width^2 is held fixed; widths
+    are rounded to a multiple of the head count (heads stay fixed, so head size grows with width).
+    """
+    shapes = []
+    for depth in depths:
+        width = base.width * math.sqrt(base.depth / depth)
+        width = max(base.num_heads, int(round(width / base.num_heads)) * base.num_heads)
+        shapes.append((depth, width))
+    return shapes
+
+
+def _patch_grid(base: Config) -> list[Setting]:
+    return [Setting(f"patch {p}", {"patch_size": p}) for p in (2, 4, 8)]
+
+
+def _shape_grid(base: Config) -> list[Setting]:
+    ratio = base.mlp_dim / base.width
+    depths = tuple(sorted({max(1, base.depth // 2), base.depth, base.depth * 2, base.depth * 4}))
+    return [Setting(f"depth {d} x width {w}", {"depth": d, "width": w, "mlp_dim": int(round(ratio * w))})
+            for d, w in equal_param_shapes(base, depths)]
+
+
+def _augment_grid(base: Config) -> list[Setting]:
+    return [
+        Setting("crop+flip"),
+        Setting("+RandAugment", dict(RANDAUGMENT)),
+        Setting("+Mixup/CutMix", dict(MIX)),
+        Setting("+RandAugment +Mixup/CutMix", {**RANDAUGMENT, **MIX}),
+    ]
+
+
+def _regularise_grid(base: Config) -> list[Setting]:
+    return [
+        Setting("DropPath 0", {"drop_path_rate": 0.0}),
+        Setting("DropPath 0.1", {"drop_path_rate": 0.1}),
+        Setting("DropPath 0.2", {"drop_path_rate": 0.2}),
+        Setting("label smoothing 0", {"drop_path_rate": 0.0, "label_smoothing": 0.0}),
+    ]
+
+
+def _best_grid(base: Config) -> list[Setting]:
+    return [
+        Setting("write-up 1 recipe (seed-384x8)", recipe_preset="seed-384x8"),
+        Setting("write-up 2 recipe (seed-256x6)", recipe_preset="seed-256x6"),
+        Setting("best", recipe_preset="best"),
+    ]
+
+
+GRIDS: dict[str, Callable[[Config], list[Setting]]] = {
+    "patch": _patch_grid,
+    "shape": _shape_grid,
+    "augment": _augment_grid,
+    "regularise": _regularise_grid,
+    "best": _best_grid,
+}
+
+
+def setting_config(base: Config, setting: Setting, epochs: int, seed: int) -> Config:
+    """The config one run trains: base (or a recipe preset at the base's size), the setting's changes,
+    and the shared budget and seed."""
+    config = base
+    if setting.recipe_preset is not None:
+        if setting.recipe_preset not in PRESETS:
+            raise AblationError(f"preset {setting.recipe_preset!r} is not defined in jax_vit/configs.py")
+        model = {name: getattr(base, name) for name in MODEL_FIELDS}
+        config = PRESETS[setting.recipe_preset].replace(**model)
+    config = config.replace(**setting.changes)
+    warmup = min(config.warmup_epochs, MAX_WARMUP_SHARE * epochs)
+    return config.replace(epochs=epochs, warmup_epochs=warmup, seed=seed)
+
+
+def validation_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, validation indices): `fraction` of each class held out, fixed by `seed`.
+
+    The split seed is not the run seed: every run of every grid is scored on the same images.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise AblationError(f"--val-fraction {fraction} must be between 0 and 1, for example 0.1")
+    rng = np.random.default_rng(seed)
+    held_out = []
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        held_out.append(members[: max(1, int(round(fraction * members.size)))])
+    val = np.sort(np.concatenate(held_out))
+    train = np.setdiff1d(np.arange(labels.size), val)
+    return train, val
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+RESULT_FIELDS = ("grid", "setting", "seed", "epochs", "params", "train_seconds", "val_accuracy",
+                 "val_accuracy_ema", "test_accuracy", "test_accuracy_ema", "changes")
+
+
+def _write_atomic(path: Path, text: str | bytes) -> None:
+    """Write into a temporary sibling, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode() if isinstance(text, str) else text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_runs(out_dir: Path) -> list[dict]:
+    path = Path(out_dir) / "runs.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_run(out_dir: Path, run: dict) -> None:
+    runs = load_runs(out_dir) + [run]
+    _write_atomic(Path(out_dir) / "runs.jsonl", "".join(json.dumps(r) + "\n" for r in runs))
+
+
+def results_csv(runs: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=RESULT_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for run in runs:
+        row = {key: run.get(key) for key in RESULT_FIELDS}
+        row["changes"] = json.dumps(run.get("changes", {}), sort_keys=True)
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def _mean_std(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1):.1f}"
+
+
+def summarise(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """Runs grouped by (grid, setting), in the order they were first run."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["grid"], run["setting"]), []).append(run)
+    return groups
+
+
+def results_markdown(runs: list[dict], header: str = "") -> str:
+    """One table per grid; accuracies in %, mean ± std over seeds; the row chosen on validation in bold."""
+    lines = [header.rstrip(), ""] if header else []
+    groups = summarise(runs)
+    for grid in dict.fromkeys(g for g, _ in groups):
+        rows = [(s, rs) for (g, s), rs in groups.items() if g == grid]
+        best = max(rows, key=lambda item: max(_best_val(r) for r in item[1]) if item[1] else -1)[0]
+        lines += [f"### Grid `{grid}`", "",
+                  "| setting | seeds | epochs | params | val acc | val acc (EMA) | test acc | test acc (EMA) "
+                  "| train s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for setting, rs in rows:
+            name = f"**{setting}**" if setting == best else setting
+            lines.append(
+                f"| {name} | {len(rs)} | {rs[0]['epochs']} | {rs[0]['params']:,} "
+                f"| {_mean_std([r['val_accuracy'] for r in rs])} | {_mean_std([r['val_accuracy_ema'] for r in rs])} "
+                f"| {_mean_std([r['test_accuracy'] for r in rs])} | {_mean_std([r['test_accuracy_ema'] for r in rs])} "
+                f"| {np.mean([r['train_seconds'] for r in rs]):.0f} |")
+        lines += ["", f"Bold: the setting chosen on the validation split (best of raw and EMA weights).", ""]
+    return "\n".join(lines)
+
+
+def _best_val(run: dict) -> float:
+    return max(v for v in (run["val_accuracy"], run["val_accuracy_ema"]) if v is not None)
+
+
+def accuracy_plot(runs: list[dict]) -> bytes:
+    """PNG: validation accuracy against epoch, one line per setting (mean over seeds), one panel per grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = summarise(runs)
+    grids = list(dict.fromkeys(g for g, _ in groups))
+    fig, axes = plt.subplots(1, len(grids), figsize=(5 * len(grids), 4), squeeze=False)
+    for ax, grid in zip(axes[0], grids):
+        members = {k: rs for k, rs in groups.items() if k[0] == grid}
+        # An epoch budget plots against epochs; a time budget (epochs differ) against training minutes.
+        by_epoch = len({r["epochs"] for rs in members.values() for r in rs}) == 1
+        for (_, setting), rs in members.items():
+            curves = np.array([[e["val_accuracy"] for e in r["history"]] for r in rs], dtype=float)
+            if by_epoch:
+                xs = [e["epoch"] for e in rs[0]["history"]]
+            else:
+                xs = [e["train_seconds"] / 60 for e in rs[0]["history"]]
+            ax.plot(xs, 100 * curves.mean(0), marker="o", label=setting)
+        ax.set(title=f"grid: {grid}", xlabel="epoch" if by_epoch else "training minutes",
+               ylabel="validation accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_reports(out_dir: Path, runs: list[dict], header: str = "") -> None:
+    out_dir = Path(out_dir)
+    _write_atomic(out_dir / "results.csv", results_csv(runs))
+    _write_atomic(out_dir / "results.md", results_markdown(runs, header))
+    if runs:
+        _write_atomic(out_dir / "accuracy.png", accuracy_plot(runs))
+
+
+# ----------------------------------------------------------------------------------------------- runner
+
+# train_fn(config, train, val, test) -> {"params": int, "train_seconds": float, "history": [{"epoch",
+# "val_accuracy", "val_accuracy_ema"}...], "test_accuracy": float, "test_accuracy_ema": float | None};
+# train/val/test are (uint8 images, int labels) pairs.
+TrainFn = Callable[[Config, tuple, tuple, tuple], dict]
+_RESULT_KEYS = ("params", "train_seconds", "history", "val_accuracy", "val_accuracy_ema", "test_accuracy",
+                "test_accuracy_ema")
+
+
+def run_grid(grid: str, base: Config, dataset, out_dir: Path, *, epochs: int | None = None,
+             budget_minutes: float | None = None, seeds: list[int], val_fraction: float = 0.1,
+             train_fn: TrainFn | None = None, epoch_seconds_fn: Callable | None = None,
+             header: str = "") -> list[dict]:
+    """Train every (setting, seed) of `grid` not already in `out_dir`; returns all runs recorded there.
+
+    The budget is either `epochs` (the same for every setting: fair on a shared, noisy machine) or
+    `budget_minutes` of training per run, turned into each setting's epoch count from its measured speed
+    (so a setting that is twice as slow gets half the epochs; the schedule still completes).
+    """
+    if grid not in GRIDS:
+        raise AblationError(f"unknown grid {grid!r}; choose one of: {', '.join(GRIDS)}")
+    if (epochs is None) == (budget_minutes is None):
+        raise AblationError("give exactly one budget: --epochs N or --budget-minutes M")
+    if epochs is not None and epochs < 1:
+        raise AblationError(f"--epochs {epochs} must be at least 1")
+    if budget_minutes is not None and budget_minutes <= 0:
+        raise AblationError(f"--budget-minutes {budget_minutes} must be positive")
+    if not seeds:
+        raise AblationError("--seeds needs at least one seed, for example --seeds 0 1")
+    if train_fn is None:
+        from jax_vit.ablation_train import train_and_score as train_fn
+    if epoch_seconds_fn is None and budget_minutes is not None:
+        from jax_vit.ablation_train import seconds_per_epoch as epoch_seconds_fn
+    out_dir = Path(out_dir)
+    train_idx, val_idx = validation_split(dataset.train_labels, val_fraction)
+    train = (dataset.train_images[train_idx], dataset.train_labels[train_idx])
+    val = (dataset.train_images[val_idx], dataset.train_labels[val_idx])
+    test = (dataset.test_images, dataset.test_labels)
+    previous = load_runs(out_dir)
+    done = {(r["grid"], r["setting"], r["seed"]) for r in previous}
+    # The same config in another grid (crop+flip = DropPath 0 = patch 4 on the base) is trained once.
+    by_config = {json.dumps(r["config"], sort_keys=True): r for r in previous if "config" in r}
+    for setting in GRIDS[grid](base):
+        if all((grid, setting.name, seed) in done for seed in seeds):
+            continue
+        run_epochs = epochs
+        if budget_minutes is not None:
+            per_epoch = epoch_seconds_fn(setting_config(base, setting, 1, seeds[0]), train)
+            run_epochs = max(1, int(budget_minutes * 60 // per_epoch))
+        for seed in seeds:
+            if (grid, setting.name, seed) in done:
+                continue
+            config = setting_config(base, setting, run_epochs, seed)
+            config_key = json.dumps(config.to_dict(), sort_keys=True)
+            if config_key in by_config:
+                print(f"[{grid}] {setting.name} seed {seed}: same config as "
+                      f"[{by_config[config_key]['grid']}] {by_config[config_key]['setting']}, reusing it", flush=True)
+                result = {k: v for k, v in by_config[config_key].items() if k in _RESULT_KEYS}
+            else:
+                print(f"[{grid}] {setting.name} seed {seed}: training {run_epochs} epochs", flush=True)
+                result = train_fn(config, train, val, test)
+            changes = {k: v for k, v in config.to_dict().items() if getattr(base, k, None) != v}
+            run = {"grid": grid, "setting": setting.name, "seed": seed, "epochs": run_epochs, "changes": changes,
+                   "budget": f"{budget_minutes:g} min" if budget_minutes is not None else f"{epochs} epochs",
+                   "dataset": dataset.name, "val_images": int(val_idx.size), "train_images": int(train_idx.size),
+                   "config": config.to_dict(), **result}
+            append_run(out_dir, run)
+            by_config[config_key] = run
+            write_reports(out_dir, load_runs(out_dir), header)
+    runs = load_runs(out_dir)
+    write_reports(out_dir, runs, header)
+    return runs

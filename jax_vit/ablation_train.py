@@ -1,0 +1,86 @@
+"""One ablation run through the project's trainer (`jax_vit.train.train_and_evaluate`).
+
+The trainer scores its dataset's test split every epoch; here that split is the validation images carved
+from the training set, so every per-epoch number a setting is chosen by comes from training images. The
+real test images are scored once, on the final weights restored from the run's last checkpoint.
+Runs use one device, so runs on a shared CPU stay comparable.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+
+import jax
+
+from jax_vit import checkpoints, reporting
+from jax_vit.configs import Config
+from jax_vit.data import Dataset
+from jax_vit.model import count_params
+from jax_vit.train import configure_for_dataset, evaluate, padded_eval_batches, train_and_evaluate
+from jax_vit.train_step import create_train_state, make_eval_step, make_mesh, make_recipe, make_train_step, shard_batch
+
+
+def _as_dataset(config: Config, train: tuple, evaluation: tuple) -> Dataset:
+    return Dataset(
+        name=config.dataset, train_images=train[0], train_labels=train[1],
+        test_images=evaluation[0], test_labels=evaluation[1],
+        class_names=tuple(str(c) for c in range(config.num_classes)), source="ablation split",
+    )
+
+
+def train_and_score(config: Config, train: tuple, val: tuple, test: tuple) -> dict:
+    """Train `config` on `train`, validation accuracy per epoch, test accuracy of the final weights."""
+    devices = jax.local_devices()[:1]
+    split = _as_dataset(config, train, val)
+    with tempfile.TemporaryDirectory(prefix="ablation-run-") as workdir:
+        def report(epoch, row):
+            ema = f" (EMA {row['ema_test_acc']:.3f})" if "ema_test_acc" in row else ""
+            print(f"  epoch {epoch}: train loss {row['train_loss']:.3f} val acc {row['test_acc']:.3f}{ema}",
+                  flush=True)
+
+        train_and_evaluate(config, split, workdir, devices=devices, progress=False, on_epoch_end=report)
+        rows = reporting.read_metrics(workdir)
+        config = configure_for_dataset(config, split)
+        mesh = make_mesh(devices)
+        recipe = make_recipe(config, len(train[0]) // config.batch_size)
+        manager = checkpoints.make_manager(workdir, read_only=True)
+        state = checkpoints.restore(manager, recipe, mesh, "latest")
+        manager.close()
+    eval_step = make_eval_step(recipe, mesh)
+    test_batches = padded_eval_batches(mesh, test[0], test[1], config.batch_size)
+    test_acc = evaluate(eval_step, state.params, test_batches, len(test[1]))[1]
+    test_acc_ema = (evaluate(eval_step, state.ema_params, test_batches, len(test[1]))[1]
+                    if state.ema_params is not None else None)
+    history, seconds = [], 0.0
+    for row in rows:
+        seconds += row["epoch_seconds"]
+        history.append({"epoch": row["epoch"], "train_seconds": round(seconds, 1), "train_loss": row["train_loss"],
+                        "val_accuracy": row["test_acc"], "val_accuracy_ema": row.get("ema_test_acc")})
+    return {
+        "params": count_params(state.params),
+        "train_seconds": round(seconds, 1),
+        "history": history,
+        "val_accuracy": history[-1]["val_accuracy"],
+        "val_accuracy_ema": history[-1]["val_accuracy_ema"],
+        "test_accuracy": test_acc,
+        "test_accuracy_ema": test_acc_ema,
+    }
+
+
+def seconds_per_epoch(config: Config, train: tuple, timed_steps: int = 3) -> float:
+    """Wall seconds one epoch of `config` takes here, from a few steps after the compile (for time budgets)."""
+    train_images, train_labels = train
+    config = config.replace(in_channels=train_images.shape[-1])
+    steps_per_epoch = max(len(train_images) // config.batch_size, 1)
+    mesh = make_mesh(jax.local_devices()[:1])
+    recipe = make_recipe(config, steps_per_epoch)
+    state = create_train_state(recipe, mesh)
+    train_step = make_train_step(recipe, mesh)
+    batch = shard_batch(mesh, train_images[:config.batch_size], train_labels[:config.batch_size])
+    state, metrics = train_step(state, *batch)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(timed_steps):
+        state, metrics = train_step(state, *batch)
+    jax.block_until_ready(metrics)
+    return (time.perf_counter() - start) / timed_steps * steps_per_epoch

@@ -1,0 +1,77 @@
+"""Run ablation grids: `python scripts/ablate.py --grid patch --dataset cifar10 --data-dir DIR --epochs 3 --out DIR`.
+
+Writes runs.jsonl, results.csv, results.md and accuracy.png into --out (see jax_vit/ablation.py).
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import subprocess
+import sys
+
+from jax_vit.ablation import GRIDS, AblationError, run_grid
+from jax_vit.configs import ConfigError, get_config, parse_overrides
+from jax_vit.data import DATASETS, DataError, load_dataset
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", required=True,
+                        help=f"comma-separated grids, or 'all': {', '.join(GRIDS)}")
+    parser.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS))
+    parser.add_argument("--data-dir", required=True, help="folder holding the dataset (see jax_vit/data.py)")
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--epochs", type=int, help="the same number of epochs for every run")
+    budget.add_argument("--budget-minutes", type=float, help="training minutes per run (epochs from speed)")
+    parser.add_argument("--preset", default="tiny", help="base preset: model size and recipe of every run")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base config field")
+    parser.add_argument("--seeds", default="0", help="comma-separated run seeds, for example 0,1,2")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="share of each class's training images held out to choose settings on")
+    parser.add_argument("--out", required=True, help="output folder (resumes the runs already in it)")
+    return parser.parse_args(argv)
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise AblationError(f"--seeds {text!r}: expected comma-separated integers, for example 0,1,2") from None
+
+
+def machine_header(argv: list[str]) -> str:
+    import jax
+
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
+    return (f"Machine: {platform.machine()} {jax.default_backend()} ({devices}), "
+            f"Python {platform.python_version()}, jax {jax.__version__}. "
+            f"Command: `python scripts/ablate.py {shlex.join(argv)}`. Load at start: `{load}`.")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    try:
+        grids = list(GRIDS) if args.grid == "all" else [g.strip() for g in args.grid.split(",") if g.strip()]
+        unknown = [g for g in grids if g not in GRIDS]
+        if unknown or not grids:
+            raise AblationError(f"unknown grid {unknown}; choose from: {', '.join(GRIDS)} or all")
+        seeds = parse_seeds(args.seeds)
+        dataset = load_dataset(args.dataset, args.data_dir)
+        base = get_config(args.preset, parse_overrides(args.set)).replace(
+            dataset=args.dataset, in_channels=dataset.channels)
+        header = machine_header(argv)
+        for grid in grids:
+            run_grid(grid, base, dataset, args.out, epochs=args.epochs, budget_minutes=args.budget_minutes,
+                     seeds=seeds, val_fraction=args.val_fraction, header=header)
+    except (AblationError, ConfigError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}/results.csv, results.md, accuracy.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

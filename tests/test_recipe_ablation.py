@@ -1,0 +1,137 @@
+"""Ablation runner: fair budgets, a validation split from training images only, resumable result files."""
+import csv
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from jax_vit import ablation
+from jax_vit.configs import PRESETS, get_config
+from jax_vit.data import Dataset
+from jax_vit.model import VisionTransformer, count_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _dataset(n_train=200, n_test=50):
+    rng = np.random.default_rng(0)
+    return Dataset(
+        name="cifar10",
+        train_images=rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
+        train_labels=(np.arange(n_train) % 10).astype(np.int32),
+        test_images=rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
+        test_labels=(np.arange(n_test) % 10).astype(np.int32),
+        class_names=tuple(str(i) for i in range(10)), source="synthetic",
+    )
+
+
+class FakeTrainer:
+    """Records what each run was given; accuracy is a made-up function of the config."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, config, train, val, test):
+        self.calls.append((config, train, val, test))
+        acc = 0.5 + 0.01 * config.patch_size + 0.001 * config.seed
+        history = [{"epoch": e, "train_seconds": float(e), "val_accuracy": acc * e / config.epochs,
+                    "val_accuracy_ema": None} for e in range(1, config.epochs + 1)]
+        return {"params": 1000, "train_seconds": float(config.epochs), "history": history, "val_accuracy": acc,
+                "val_accuracy_ema": None, "test_accuracy": acc - 0.05, "test_accuracy_ema": None}
+
+
+def test_validation_split_is_stratified_disjoint_and_fixed():
+    labels = np.repeat(np.arange(10), 50)
+    train, val = ablation.validation_split(labels, 0.1)
+    assert np.intersect1d(train, val).size == 0 and train.size + val.size == labels.size
+    assert (np.bincount(labels[val], minlength=10) == 5).all()
+    np.testing.assert_array_equal(val, ablation.validation_split(labels, 0.1)[1])
+    with pytest.raises(ablation.AblationError, match="between 0 and 1"):
+        ablation.validation_split(labels, 1.5)
+
+
+def test_shape_grid_holds_the_parameter_count_roughly_equal():
+    base = get_config("tiny")
+    counts = []
+    for setting in ablation.GRIDS["shape"](base):
+        config = base.replace(**setting.changes)
+        model = nnx.eval_shape(lambda: VisionTransformer(config, rngs=nnx.Rngs(0)))
+        counts.append(count_params(nnx.split(model)[1]))
+    assert len({s.changes["depth"] for s in ablation.GRIDS["shape"](base)}) >= 3
+    assert max(counts) / min(counts) < 1.2, counts
+
+
+def test_recipe_presets_run_at_the_base_model_size_with_the_shared_budget():
+    base = get_config("tiny")
+    setting = ablation.Setting("write-up", recipe_preset="seed-384x8")
+    config = ablation.setting_config(base, setting, epochs=3, seed=7)
+    assert (config.width, config.depth, config.patch_size) == (base.width, base.depth, base.patch_size)
+    assert config.drop_path_rate == PRESETS["seed-384x8"].drop_path_rate
+    assert (config.epochs, config.seed) == (3, 7)
+    assert config.warmup_epochs == pytest.approx(0.6), "5 warm-up epochs must not eat a 3-epoch budget"
+
+
+def test_run_grid_gives_every_setting_the_same_budget_seeds_and_splits(tmp_path):
+    data, trainer = _dataset(), FakeTrainer()
+    runs = ablation.run_grid("patch", get_config("tiny"), data, tmp_path, epochs=2, seeds=[0, 1], train_fn=trainer)
+    assert len(runs) == 6 and len(trainer.calls) == 6
+    assert {c.epochs for c, *_ in trainer.calls} == {2}
+    assert sorted(c.seed for c, *_ in trainer.calls) == [0, 0, 0, 1, 1, 1]
+    _, train, val, test = trainer.calls[0]
+    assert len(train[0]) + len(val[0]) == 200 and len(val[0]) == 20
+    np.testing.assert_array_equal(test[0], data.test_images)
+    # The validation images are training images, never test images.
+    train_rows = {img.tobytes() for img in data.train_images}
+    assert all(img.tobytes() in train_rows for img in val[0])
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [r["setting"] for r in rows] == ["patch 2", "patch 2", "patch 4", "patch 4", "patch 8", "patch 8"]
+    table = (tmp_path / "results.md").read_text()
+    assert "**patch 8**" in table, "the best setting on validation is marked"
+    assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_grid_resumes_and_trains_an_identical_config_only_once(tmp_path):
+    data, trainer = _dataset(), FakeTrainer()
+    base = get_config("tiny").replace(patch_size=4)
+    ablation.run_grid("patch", base, data, tmp_path, epochs=1, seeds=[0], train_fn=trainer)
+    assert len(trainer.calls) == 3
+    ablation.run_grid("patch", base, data, tmp_path, epochs=1, seeds=[0], train_fn=trainer)
+    assert len(trainer.calls) == 3, "finished runs are not trained again"
+    # "DropPath 0" on tiny is exactly "patch 4": reused, not retrained.
+    ablation.run_grid("regularise", base, data, tmp_path, epochs=1, seeds=[0], train_fn=trainer)
+    assert len(trainer.calls) == 6
+    runs = ablation.load_runs(tmp_path)
+    reused = next(r for r in runs if r["setting"] == "DropPath 0")
+    assert reused["val_accuracy"] == next(r for r in runs if r["setting"] == "patch 4")["val_accuracy"]
+
+
+def test_time_budget_gives_slower_settings_fewer_epochs(tmp_path):
+    trainer = FakeTrainer()
+    speed = lambda config, train: {2: 60.0, 4: 15.0, 8: 5.0}[config.patch_size]  # seconds per epoch
+    ablation.run_grid("patch", get_config("tiny"), _dataset(), tmp_path, budget_minutes=1.0, seeds=[0],
+                      train_fn=trainer, epoch_seconds_fn=speed)
+    assert {c.patch_size: c.epochs for c, *_ in trainer.calls} == {2: 1, 4: 4, 8: 12}
+
+
+def test_bad_grid_and_budget_are_rejected(tmp_path):
+    with pytest.raises(ablation.AblationError, match="choose one of"):
+        ablation.run_grid("colour", get_config("tiny"), _dataset(), tmp_path, epochs=1, seeds=[0])
+    with pytest.raises(ablation.AblationError, match="exactly one budget"):
+        ablation.run_grid("patch", get_config("tiny"), _dataset(), tmp_path, seeds=[0])
+
+
+def test_cli_reports_user_errors_in_one_line(tmp_path):
+    cmd = [sys.executable, str(ROOT / "scripts" / "ablate.py"), "--grid", "colour", "--data-dir", str(tmp_path),
+           "--epochs", "1", "--out", str(tmp_path / "out")]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: unknown grid") and "Traceback" not in result.stderr
+    cmd[cmd.index("colour")] = "patch"
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
