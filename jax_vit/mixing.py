@@ -1,10 +1,11 @@
 """Mixup, CutMix and random erasing on (normalised images, soft targets), inside jit.
 
-Label smoothing comes first and mixing second: each image's hard label is smoothed on its own, then the
-two smoothed targets are mixed with the same weight as the pixels (as timm's `Mixup` does). Both steps are
-linear, so this equals smoothing the mixed targets; the ways to get it wrong are smoothing twice (once
-here and again inside the loss), dropping the smoothing when mixing hard labels, or weighting the targets
-by a lambda the pixels did not get. The loss must therefore be plain cross-entropy against these targets.
+Label smoothing comes first and mixing second: each image's hard label is smoothed on its own
+(`jax_vit.augment.smooth_targets`), then the two smoothed targets are mixed with the same weight as the
+pixels (as timm's `Mixup` does). Both steps are linear, so this equals smoothing the mixed targets; the ways
+to get it wrong are smoothing twice (once here and again inside the loss), dropping the smoothing when
+mixing hard labels, or weighting the targets by a lambda the pixels did not get. The loss must therefore be
+plain cross-entropy against these targets.
 
 Both mixes pair each image with the one at the mirrored position of the batch (`batch[::-1]`), one weight
 per batch, as timm's default batch mode. CutMix's weight is taken from the box actually pasted: a box
@@ -19,12 +20,6 @@ import jax.numpy as jnp
 ERASE_MIN_AREA = 0.02
 ERASE_MAX_AREA = 1.0 / 3.0
 ERASE_MIN_ASPECT = 0.3
-
-
-def smooth_targets(labels: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
-    """One-hot targets with `smoothing` spread evenly over all classes (Szegedy et al. 2016)."""
-    one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-    return one_hot * (1.0 - smoothing) + smoothing / num_classes
 
 
 def mixup(images: jax.Array, targets: jax.Array, key: jax.Array, alpha: float):

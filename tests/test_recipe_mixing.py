@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from jax_vit import mixing
+from jax_vit.augment import smooth_targets
 
 NUM_CLASSES = 10
 
@@ -18,7 +19,7 @@ def batch():
 
 
 def test_smoothed_targets_sum_to_one_with_the_right_peak():
-    t = mixing.smooth_targets(jnp.array([0, 3, 9]), NUM_CLASSES, 0.1)
+    t = smooth_targets(jnp.array([0, 3, 9]), NUM_CLASSES, 0.1)
     np.testing.assert_allclose(t.sum(-1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(t.max(-1), 0.9 + 0.01, rtol=1e-6)
     np.testing.assert_allclose(t.min(-1), 0.01, rtol=1e-6)
@@ -26,7 +27,7 @@ def test_smoothed_targets_sum_to_one_with_the_right_peak():
 
 def test_mixup_weights_targets_exactly_as_the_pixels(batch):
     images, labels = batch
-    targets = mixing.smooth_targets(labels, NUM_CLASSES, 0.1)
+    targets = smooth_targets(labels, NUM_CLASSES, 0.1)
     for seed in range(5):
         x, t = mixing.mixup(images, targets, jax.random.key(seed), alpha=0.8)
         # Pixel of image 0 = lam * 0 + (1 - lam) * 7, so lam = 1 - x / 7.
@@ -55,7 +56,7 @@ def test_cutmix_box_clipped_at_the_border_reports_the_clipped_area():
 
 def test_smoothing_then_mixing_keeps_targets_distributions_and_smoothing_once(batch):
     images, labels = batch
-    smoothed = mixing.smooth_targets(labels, NUM_CLASSES, 0.2)
+    smoothed = smooth_targets(labels, NUM_CLASSES, 0.2)
     _, t = mixing.mix_batch(images, smoothed, jax.random.key(0), mixup_alpha=0.8, cutmix_alpha=1.0)
     np.testing.assert_allclose(t.sum(-1), 1.0, rtol=1e-6)
     # Every class not involved in a pair keeps exactly the smoothing floor 0.2 / 10: smoothing applied once.
@@ -67,7 +68,7 @@ def test_smoothing_then_mixing_keeps_targets_distributions_and_smoothing_once(ba
 
 def test_mix_batch_off_returns_inputs_unchanged(batch):
     images, labels = batch
-    targets = mixing.smooth_targets(labels, NUM_CLASSES, 0.1)
+    targets = smooth_targets(labels, NUM_CLASSES, 0.1)
     key = jax.random.key(0)
     for kwargs in ({}, {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mix_prob": 0.0}):
         x, t = mixing.mix_batch(images, targets, key, **kwargs)
