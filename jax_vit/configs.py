@@ -68,9 +68,10 @@ PRESETS: dict[str, Config] = {
         width=256, depth=6, num_heads=8, mlp_dim=512, patch_size=4, dropout=0.1, drop_path_rate=0.0,
         learning_rate=3e-4, batch_size=128, epochs=100,
     ),
-    # A few small layers: CPU tests and quick runs.
+    # A few small layers: CPU tests and quick runs. 8x8 patches (16 tokens + CLS) make a step about 7x
+    # cheaper than 4x4 on a CPU, which is what lets the learning test reach real accuracy in minutes.
     "tiny": Config(
-        width=96, depth=3, num_heads=3, mlp_dim=192, patch_size=4, drop_path_rate=0.0,
+        width=96, depth=3, num_heads=3, mlp_dim=192, patch_size=8, drop_path_rate=0.0,
         learning_rate=2e-3, batch_size=128, epochs=10, warmup_epochs=1.0,
     ),
 }

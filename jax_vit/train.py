@@ -1,0 +1,295 @@
+"""The training loop: data on the devices once, the production step every batch, a checkpoint every epoch.
+
+`train_and_evaluate(config, dataset, workdir)` is the whole run; `scripts/train.py` only parses options.
+Per epoch: a fixed-seed permutation of the training set (so a resumed run sees the same order), the
+jit-compiled data-parallel step from `jax_vit.train_step`, a full test-set evaluation (raw and, if on, EMA
+weights), a checkpoint (the state is checked finite first: a diverged run never overwrites a good one),
+then a line in `metrics.jsonl`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from jax_vit import checkpoints, reporting
+from jax_vit.configs import Config
+from jax_vit.data import Dataset
+from jax_vit.train_step import (DATA_AXIS, Recipe, make_eval_step, make_mesh, make_recipe, make_train_step,
+                                create_train_state, replicate_on_mesh, shard_batch)
+
+PROGRESS_EVERY = 10  # steps between progress-bar refreshes (each one waits for the device)
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or go on: the message names the fix."""
+
+
+class LossDiverged(TrainingError):
+    pass
+
+
+def configure_for_dataset(config: Config, dataset: Dataset) -> Config:
+    return config.replace(dataset=dataset.name, in_channels=dataset.channels, num_classes=len(dataset.class_names))
+
+
+# --- the workdir -----------------------------------------------------------------------------------------
+
+def prepare_workdir(workdir: Path, run_record: dict[str, Any], *, resume: bool, overwrite: bool) -> bool:
+    """Makes `workdir` ready for this run; True when there is an earlier run of the same config to resume."""
+    previous = workdir / "run.json"
+    holds_run = any((workdir / name).exists() for name in reporting.RUN_FILES)
+    if holds_run and overwrite:
+        for name in reporting.RUN_FILES:
+            target = workdir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        holds_run = False
+    if holds_run and not resume:
+        raise TrainingError(f"workdir {workdir} holds another run; add --resume to continue it, --overwrite to "
+                            f"replace it, or choose a new --workdir")
+    if holds_run:
+        if not previous.exists():
+            raise TrainingError(f"workdir {workdir} holds run files but no run.json; use --overwrite or a new --workdir")
+        before = reporting.read_json(previous)["config"]
+        changed = sorted(k for k in set(before) | set(run_record["config"])
+                         if before.get(k) != run_record["config"].get(k))
+        if changed:
+            details = ", ".join(f"{k}: {before.get(k)!r} -> {run_record['config'].get(k)!r}" for k in changed[:4])
+            raise TrainingError(f"--resume with different settings ({details}); resume with the original options "
+                                f"or start a new --workdir")
+        return True
+    workdir.mkdir(parents=True, exist_ok=True)
+    reporting.write_json(previous, run_record)
+    return False
+
+
+# --- data on the devices ---------------------------------------------------------------------------------
+
+def epoch_order(seed: int, epoch: int, num_examples: int, steps: int, batch_size: int) -> np.ndarray:
+    """(steps, batch) example indices for `epoch`: a function of seed and epoch only, so resuming repeats it.
+    The remainder that does not fill a batch is dropped (different examples each epoch)."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    return order[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
+
+
+def make_gather(mesh):
+    """Each device cuts its shard of the batch out of its own copy of the training set (no transfers)."""
+    gather = jax.shard_map(
+        lambda images, labels, index: (images[index], labels[index]),
+        mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS)), out_specs=(P(DATA_AXIS), P(DATA_AXIS)),
+    )
+    return jax.jit(gather)
+
+
+def padded_eval_batches(mesh, images: np.ndarray, labels: np.ndarray, batch_size: int):
+    """The test set as device-resident batches; the last is padded and masked so every image counts once."""
+    num = len(images)
+    total = math.ceil(num / batch_size) * batch_size
+    pad = total - num
+    images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+    labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+    mask = np.concatenate([np.ones(num, np.float32), np.zeros(pad, np.float32)])
+    return [shard_batch(mesh, images[i:i + batch_size], labels[i:i + batch_size], mask[i:i + batch_size])
+            for i in range(0, total, batch_size)]
+
+
+def evaluate(eval_step, params, batches, num_examples: int) -> tuple[float, float, np.ndarray]:
+    """(mean loss, accuracy, predictions) over the padded batches from `padded_eval_batches`."""
+    totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    predictions = []
+    for images, labels, mask in batches:
+        sums, predicted = eval_step(params, images, labels, mask)
+        for key, value in jax.device_get(sums).items():
+            totals[key] += float(value)
+        predictions.append(np.asarray(jax.device_get(predicted)))
+    count = max(totals["count"], 1.0)
+    return totals["loss_sum"] / count, totals["correct"] / count, np.concatenate(predictions)[:num_examples]
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class EpochTracker:
+    """Per-step metrics stay on the device; reading them back only at refreshes keeps the device queue full."""
+
+    pending: list = dataclasses.field(default_factory=list)
+    read: list = dataclasses.field(default_factory=list)
+
+    def add(self, metrics) -> None:
+        self.pending.append(metrics)
+
+    def flush(self) -> list[dict[str, float]]:
+        self.read += [{k: float(v) for k, v in m.items()} for m in jax.device_get(self.pending)]
+        self.pending = []
+        return self.read
+
+
+def _first_non_finite(rows: list[dict[str, float]]) -> int | None:
+    for index, row in enumerate(rows):
+        if not (math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])):
+            return index
+    return None
+
+
+def train_and_evaluate(
+    config: Config,
+    dataset: Dataset,
+    workdir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    data_dir: str | None = None,
+    devices=None,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Trains `config` on `dataset`, writing checkpoints, metrics, summary and curves into `workdir`.
+
+    `on_epoch_end(epoch, row)` runs after each epoch's checkpoint and metrics line are written.
+    Returns the summary (also written to `workdir/summary.json`).
+    """
+    started = time.time()
+    workdir = Path(workdir).resolve()
+    config = configure_for_dataset(config, dataset)
+    mesh = make_mesh(devices)
+    num_devices = mesh.devices.size
+    if config.batch_size % num_devices:
+        raise TrainingError(f"--batch-size {config.batch_size} does not split evenly over {num_devices} devices; "
+                            f"use a multiple of {num_devices}")
+    steps_per_epoch = len(dataset.train_images) // config.batch_size
+    if steps_per_epoch == 0:
+        raise TrainingError(f"--batch-size {config.batch_size} is larger than the training set "
+                            f"({len(dataset.train_images)} images); lower it")
+    run_record = {"config": config.to_dict(), "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+                  "data_source": dataset.source, "class_names": list(dataset.class_names),
+                  "train_size": len(dataset.train_images), "test_size": len(dataset.test_images)}
+    resuming = prepare_workdir(workdir, run_record, resume=resume, overwrite=overwrite)
+
+    recipe = make_recipe(config, steps_per_epoch)
+    manager = checkpoints.make_manager(workdir)
+    state = checkpoints.restore(manager, recipe, mesh, "latest") if resuming else None
+    rows = []
+    if state is None:
+        state = create_train_state(recipe, mesh)
+        reporting.write_metrics(workdir, [])
+    else:
+        # Epoch lines written after the restored checkpoint belong to the interrupted future: drop them.
+        done = int(jax.device_get(state.step)) // steps_per_epoch
+        rows = [row for row in reporting.read_metrics(workdir) if row["epoch"] <= done]
+        reporting.write_metrics(workdir, rows)
+    start_epoch = int(jax.device_get(state.step)) // steps_per_epoch
+
+    train_images = replicate_on_mesh(mesh, dataset.train_images)
+    train_labels = replicate_on_mesh(mesh, dataset.train_labels)
+    test_batches = padded_eval_batches(mesh, dataset.test_images, dataset.test_labels, config.batch_size)
+    gather = make_gather(mesh)
+    train_step = make_train_step(recipe, mesh)
+    eval_step = make_eval_step(recipe, mesh)
+
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        order = epoch_order(config.seed, epoch, len(dataset.train_images), steps_per_epoch, config.batch_size)
+        tracker = EpochTracker()
+        epoch_start = time.time()
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", disable=not progress,
+                   leave=False, dynamic_ncols=True)
+        for index in order:
+            images, labels = gather(train_images, train_labels, shard_batch(mesh, index))
+            state, metrics = train_step(state, images, labels)
+            tracker.add(metrics)
+            bar.update(1)
+            if bar.n % PROGRESS_EVERY == 0 or bar.n == steps_per_epoch:
+                seen = tracker.flush()
+                if _first_non_finite(seen) is not None:
+                    break
+                recent = seen[-PROGRESS_EVERY:]
+                bar.set_postfix(loss=f"{np.mean([r['loss'] for r in recent]):.3f}",
+                                acc=f"{np.mean([r['accuracy'] for r in recent]):.3f}",
+                                img_s=f"{bar.n * config.batch_size / (time.time() - epoch_start):.0f}")
+        bar.close()
+        seen = tracker.flush()
+        bad = _first_non_finite(seen)
+        if bad is not None:
+            step = (epoch - 1) * steps_per_epoch + bad + 1
+            kept = manager.latest_step()
+            where = f"step {kept}" if kept is not None else "none: it diverged in the first epoch"
+            raise LossDiverged(f"loss became NaN/inf at step {step} (epoch {epoch}); last good checkpoint kept "
+                               f"({where}); lower --set learning_rate or grad_clip_norm and --resume")
+        jax.block_until_ready(state)
+        epoch_seconds = time.time() - epoch_start
+
+        test_loss, test_acc, _ = evaluate(eval_step, state.params, test_batches, len(dataset.test_labels))
+        row = {
+            "epoch": epoch,
+            "train_loss": float(np.mean([r["loss"] for r in seen])),
+            "train_acc": float(np.mean([r["accuracy"] for r in seen])),
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "lr": seen[-1]["lr"],
+            "epoch_seconds": epoch_seconds,
+            "images_per_second": steps_per_epoch * config.batch_size / epoch_seconds,
+        }
+        if state.ema_params is not None:
+            row["ema_test_loss"], row["ema_test_acc"], _ = evaluate(
+                eval_step, state.ema_params, test_batches, len(dataset.test_labels))
+        best_of_epoch = max(row["test_acc"], row.get("ema_test_acc", 0.0))
+        checkpoints.save(manager, state, {checkpoints.BEST_METRIC: best_of_epoch})
+        rows.append(row)
+        reporting.write_metrics(workdir, rows)
+        message = (f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
+                   f"test loss {test_loss:.4f} acc {test_acc:.4f}")
+        if "ema_test_acc" in row:
+            message += f" (EMA {row['ema_test_acc']:.4f})"
+        message += f" | {epoch_seconds:.1f} s, {row['images_per_second']:.0f} img/s"
+        tqdm.write(message)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+
+    manager.close()
+    summary = write_summary(workdir, config, rows, dataset, mesh, wall_seconds=time.time() - started)
+    if rows:
+        reporting.plot_curves(rows, workdir / "curves.png",
+                              f"ViT on {dataset.name}: width {config.width}, depth {config.depth}, "
+                              f"batch {config.batch_size}")
+    return summary
+
+
+def write_summary(workdir: Path, config: Config, rows, dataset: Dataset, mesh, wall_seconds: float) -> dict:
+    device = mesh.devices.flat[0]
+
+    def best(key):
+        return max((r[key] for r in rows if key in r), default=None)
+
+    summary = {
+        "best_test_acc": best("test_acc"),
+        "final_test_acc": rows[-1]["test_acc"] if rows else None,
+        "epochs": len(rows),
+        "wall_seconds": wall_seconds,  # this invocation (a resumed run counts from its restart)
+        "train_seconds_all_epochs": float(sum(r["epoch_seconds"] for r in rows)),
+        "mean_images_per_second": float(np.mean([r["images_per_second"] for r in rows[1:] or rows]))
+        if rows else None,  # the first epoch includes compilation
+        "device_kind": device.device_kind,
+        "platform": device.platform,
+        "device_count": int(mesh.devices.size),
+        "dataset": dataset.name,
+        "train_size": len(dataset.train_images),
+        "test_size": len(dataset.test_images),
+        "versions": reporting.versions(),
+        "config": config.to_dict(),
+    }
+    if rows and "ema_test_acc" in rows[-1]:
+        summary["best_ema_test_acc"] = best("ema_test_acc")
+        summary["final_ema_test_acc"] = rows[-1]["ema_test_acc"]
+    reporting.write_json(workdir / "summary.json", summary)
+    return summary

@@ -1,0 +1,218 @@
+"""The ViT, its presets, the optimiser recipe and the on-device augmentation (no training here)."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jax_vit.augment import augment, normalize, random_crop, random_flip, smooth_targets
+from jax_vit.configs import PRESETS, ConfigError, get_config, parse_overrides
+from jax_vit.model import VisionTransformer, count_params
+from jax_vit.train_step import init_train_state, learning_rate_schedule, make_recipe, weight_decay_mask
+
+
+def expected_param_count(config) -> int:
+    """The architecture written out by hand: patch conv, CLS, position embeddings, blocks, final norm, head."""
+    w, m, p = config.width, config.mlp_dim, config.patch_size
+    block = 2 * 2 * w + (w * 3 * w + 3 * w) + (w * w + w) + (w * m + m) + (m * w + w)
+    return (p * p * config.in_channels * w + w) + w + (config.num_patches + 1) * w \
+        + config.depth * block + 2 * w + (w * config.num_classes + config.num_classes)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_builds_with_the_documented_parameter_count(preset):
+    config = get_config(preset)
+    model = nnx.eval_shape(lambda: VisionTransformer(config, rngs=nnx.Rngs(0)))
+    params = nnx.split(model)[1].to_pure_dict()
+    assert count_params(params) == expected_param_count(config)
+    assert params["pos_embed"].shape == (1, config.num_patches + 1, config.width)
+    assert len(params["blocks"]) == config.depth
+
+
+def test_seed_presets_match_the_write_ups():
+    big, small = get_config("seed-384x8"), get_config("seed-256x6")
+    assert (big.width, big.depth, big.num_heads, big.mlp_dim, big.patch_size, big.drop_path_rate) == \
+        (384, 8, 6, 1536, 4, 0.2)
+    assert (small.width, small.depth, small.num_heads, small.mlp_dim, small.patch_size, small.dropout) == \
+        (256, 6, 8, 512, 4, 0.1)
+    # Hand-counted: 256-wide, 6 blocks, 65 tokens, 10 classes.
+    assert expected_param_count(small) == 3_195_146
+
+
+def _jitted_forward(model):
+    """Eager NNX runs op by op (slow on a busy CPU): compile the forward pass once per `train` value."""
+    graphdef, params = nnx.split(model)
+
+    @functools.partial(jax.jit, static_argnames="train")
+    def forward(params, images, key, train):
+        return nnx.merge(graphdef, params)(images, train=train, rngs=nnx.Rngs(dropout=key) if train else None)
+
+    return lambda images, key, train: forward(params, images, key, train=train)
+
+
+def test_logits_have_one_row_per_image_and_one_column_per_class():
+    config = get_config("tiny", {"in_channels": 1})
+    forward = _jitted_forward(VisionTransformer(config, rngs=nnx.Rngs(0)))
+    logits = forward(jnp.ones((5, 32, 32, 1)), jax.random.key(0), False)
+    assert logits.shape == (5, 10) and logits.dtype == jnp.float32
+
+
+def test_dropout_and_drop_path_act_in_training_only():
+    config = get_config("tiny", {"depth": 2, "dropout": "0.3", "drop_path_rate": "0.5", "attention_dropout": "0.2"})
+    model = VisionTransformer(config, rngs=nnx.Rngs(0))
+    # The zero-initialised head would hide everything: give it weights.
+    model.head.kernel.value = jax.random.normal(jax.random.key(1), model.head.kernel.value.shape)
+    images = jax.random.normal(jax.random.key(2), (4, 32, 32, 3))
+    forward = _jitted_forward(model)
+    evaluation = [forward(images, jax.random.key(k), False) for k in (0, 1)]
+    np.testing.assert_array_equal(evaluation[0], evaluation[1])
+    training = [forward(images, jax.random.key(k), True) for k in (0, 1)]
+    assert not np.allclose(training[0], training[1])
+    assert not np.allclose(training[0], evaluation[0])
+
+
+def test_drop_path_drops_whole_samples_and_rescales_the_rest_in_training_only():
+    from jax_vit.model import DropPath
+
+    x = jnp.ones((64, 5, 8))
+    dropped = np.asarray(DropPath(0.5)(x, train=True, rngs=nnx.Rngs(dropout=0)))
+    per_sample = dropped.reshape(64, -1)
+    assert set(np.unique(per_sample)) <= {0.0, 2.0}
+    assert np.all(per_sample.min(axis=1) == per_sample.max(axis=1))  # all or nothing per sample
+    assert 16 < (per_sample[:, 0] == 0).sum() < 48
+    np.testing.assert_array_equal(DropPath(0.5)(x, train=False, rngs=None), x)
+
+
+def test_compute_dtype_is_float32_on_cpu_with_float32_params():
+    config = get_config("tiny")
+    state = init_train_state(make_recipe(config, 10))
+    assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
+    from jax_vit.model import compute_dtype
+    assert compute_dtype(config, "cpu") == jnp.float32
+    assert compute_dtype(config, "gpu") == jnp.bfloat16 and compute_dtype(config, "tpu") == jnp.bfloat16
+
+
+def test_overrides_are_typed_and_unknown_keys_are_refused():
+    config = get_config("tiny", parse_overrides(["depth=2", "random_flip=false", "ema-decay=0.99"]))
+    assert (config.depth, config.random_flip, config.ema_decay) == (2, False, 0.99)
+    with pytest.raises(ConfigError, match="unknown config key 'depht'"):
+        get_config("tiny", {"depht": "2"})
+    with pytest.raises(ConfigError, match="unknown preset"):
+        get_config("huge")
+    with pytest.raises(ConfigError, match="expected a int"):
+        get_config("tiny", {"depth": "two"})
+
+
+# --- optimiser -------------------------------------------------------------------------------------------
+
+def test_schedule_warms_up_linearly_then_decays_to_the_floor():
+    config = get_config("tiny", {"epochs": 10, "warmup_epochs": 2.0, "learning_rate": 1e-3,
+                                 "min_learning_rate": 1e-5})
+    schedule = learning_rate_schedule(config, steps_per_epoch=100)
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(100)) == pytest.approx(5e-4)
+    assert float(schedule(200)) == pytest.approx(1e-3)
+    assert float(schedule(1000)) == pytest.approx(1e-5)
+    decay = np.array([float(schedule(s)) for s in range(200, 1001, 50)])
+    assert np.all(np.diff(decay) < 0)
+    # Cosine: halfway through the decay, halfway between peak and floor.
+    assert float(schedule(600)) == pytest.approx((1e-3 + 1e-5) / 2, rel=1e-4)
+
+
+def test_weight_decay_spares_biases_norms_position_embeddings_and_cls_token():
+    config = get_config("tiny", {"weight_decay": "0.5", "grad_clip_norm": "1e9"})
+    recipe = make_recipe(config, steps_per_epoch=1)
+    state = init_train_state(recipe)
+    mask = weight_decay_mask(state.params)
+    assert mask["patch_embed"]["kernel"] and mask["head"]["kernel"] and mask["blocks"][0]["mlp"]["fc1"]["kernel"]
+    assert not any([mask["pos_embed"], mask["cls_token"], mask["norm"]["scale"], mask["blocks"][0]["norm1"]["bias"],
+                    mask["blocks"][0]["attention"]["qkv"]["bias"]])
+    # Behaviour: with zero gradients, only decayed leaves move, and they shrink.
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+
+    @jax.jit
+    def three_updates(params):
+        opt_state = recipe.tx.init(params)
+        for _ in range(3):  # step 0 has learning rate 0 (warm-up)
+            updates, opt_state = recipe.tx.update(zeros, opt_state, params)
+        return optax.apply_updates(params, updates)
+
+    moved = three_updates(state.params)
+    for path, decayed in jax.tree_util.tree_leaves_with_path(mask):
+        before = _at(state.params, path)
+        after = _at(moved, path)
+        if decayed and before.any():  # (the head starts at zero and stays there)
+            assert np.abs(after).sum() < np.abs(before).sum(), jax.tree_util.keystr(path)
+        else:
+            np.testing.assert_array_equal(after, before, err_msg=jax.tree_util.keystr(path))
+
+
+def _at(tree, path):
+    for key in path:
+        tree = tree[key.key]
+    return np.asarray(tree)
+
+
+# --- augmentation ----------------------------------------------------------------------------------------
+
+def _images(n=8, channels=3, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, channels), dtype=np.uint8)
+
+
+def test_augment_returns_normalised_floats_and_smoothed_target_distributions():
+    config = get_config("tiny", {"label_smoothing": "0.1"})
+    labels = jnp.arange(8) % 10
+    images, targets = augment(_images(), labels, jax.random.key(0), config)
+    assert images.shape == (8, 32, 32, 3) and images.dtype == jnp.float32
+    assert targets.shape == (8, 10)
+    np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(targets[np.arange(8), labels], 0.91, rtol=1e-6)
+    np.testing.assert_allclose(smooth_targets(labels, 10, 0.0), jax.nn.one_hot(labels, 10))
+
+
+def test_augment_is_deterministic_per_key_and_varies_between_keys():
+    config = get_config("tiny")
+    images, labels = _images(), jnp.zeros(8, jnp.int32)
+    first = augment(images, labels, jax.random.key(3), config)[0]
+    np.testing.assert_array_equal(first, augment(images, labels, jax.random.key(3), config)[0])
+    assert not np.array_equal(first, augment(images, labels, jax.random.key(4), config)[0])
+
+
+def test_without_crop_and_flip_augment_only_normalises():
+    config = get_config("tiny", {"crop_padding": 0, "random_flip": False})
+    images = _images()
+    out, _ = augment(images, jnp.zeros(8, jnp.int32), jax.random.key(0), config)
+    np.testing.assert_array_equal(out, normalize(images, config))
+
+
+def test_random_crop_returns_a_window_of_the_zero_padded_image():
+    images = _images(16)
+    cropped = np.asarray(random_crop(jnp.asarray(images), jax.random.key(1), padding=4))
+    padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
+    offsets = []
+    for image, crop in zip(padded, cropped):
+        found = [(dy, dx) for dy in range(9) for dx in range(9) if np.array_equal(image[dy:dy + 32, dx:dx + 32], crop)]
+        assert found, "crop is not a 32x32 window of the padded image"
+        offsets.append(found[0])
+    assert len(set(offsets)) > 4  # offsets differ between images
+
+
+def test_random_flip_mirrors_about_half_the_images():
+    images = _images(64)
+    flipped = np.asarray(random_flip(jnp.asarray(images), jax.random.key(2)))
+    mirrored = [np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, images)]
+    kept = [np.array_equal(f, i) for f, i in zip(flipped, images)]
+    assert all(m or k for m, k in zip(mirrored, kept))
+    assert 16 < sum(mirrored) < 48
+
+
+def test_normalisation_centres_the_real_cifar10_sample(cifar10_sample_dir):
+    from jax_vit.data import load_dataset
+
+    dataset = load_dataset("cifar10", cifar10_sample_dir)
+    normalised = np.asarray(normalize(jnp.asarray(dataset.train_images[:2000]), get_config("tiny")))
+    np.testing.assert_allclose(normalised.mean(axis=(0, 1, 2)), 0.0, atol=0.05)
+    np.testing.assert_allclose(normalised.std(axis=(0, 1, 2)), 1.0, atol=0.05)
