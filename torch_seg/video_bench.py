@@ -31,7 +31,7 @@ def _sync(device: torch.device) -> None:
 
 def machine_record(device: torch.device) -> dict:
     """What the figures were measured on, including the load other users put on a shared machine."""
-    import sam2
+    from importlib.metadata import version
 
     cpu = platform.processor()
     try:
@@ -41,7 +41,7 @@ def machine_record(device: torch.device) -> dict:
         pass
     record = {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
               "python": platform.python_version(), "torch": torch.__version__,
-              "sam2": getattr(sam2, "__version__", "1.1.0 (no __version__)"), "device": str(device),
+              "sam2": version("sam2"), "device": str(device),
               "load_average": os.getloadavg(),
               "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
     if device.type == "cuda":
@@ -54,6 +54,10 @@ def measure_propagation(video: str | Path, model_name: str = "tiny", *, num_fram
                         warmup_passes: int = 0) -> dict:
     """Frames/s of `propagate_in_video` over the first `num_frames` frames, `num_objects` boxes on frame 0."""
     device = torch.device(device)
+    if device.type == "cuda":
+        # As sam2's own benchmark.py: TF32 for what bf16 autocast leaves in float32 (Ampere and newer).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     with tempfile.TemporaryDirectory(prefix="torch_seg_bench_") as jpeg_dir:
         frames = open_video(video, jpeg_dir, num_frames)
         started = time.perf_counter()
