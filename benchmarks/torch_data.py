@@ -12,6 +12,10 @@ from PIL import Image
 
 from benchmarks.torchvision_compat import import_torchvision
 
+# At import, not lazily: spawned DataLoader workers import this module (for the dataset's class) before
+# they unpickle its torchvision transforms, so the CPU-torch workaround is in place by then.
+transforms = import_torchvision().transforms
+
 
 class ArrayImageDataset(torch.utils.data.Dataset):
     """uint8 (N, H, W, C) images and int labels, served as PIL images through `transform`, like CIFAR10."""
@@ -32,7 +36,6 @@ class ArrayImageDataset(torch.utils.data.Dataset):
 
 def train_transform(image_size: int, crop_padding: int, random_flip: bool, mean, std):
     """RandomCrop(padding) + RandomHorizontalFlip + ToTensor + Normalize: the write-ups' training transform."""
-    transforms = import_torchvision().transforms
     steps = []
     if crop_padding:
         steps.append(transforms.RandomCrop(image_size, padding=crop_padding))
@@ -46,11 +49,17 @@ def train_loader(
     images: np.ndarray, labels: np.ndarray, *, batch_size: int, crop_padding: int, random_flip: bool,
     mean, std, num_workers: int, pin_memory: bool, seed: int = 0,
 ) -> torch.utils.data.DataLoader:
-    """Shuffled, incomplete last batch dropped (as the JAX trainer drops it), persistent workers."""
+    """Shuffled, incomplete last batch dropped (as the JAX trainer drops it), persistent workers.
+
+    Workers are spawned, not forked: the benchmark's process also runs JAX, whose threads make `fork`
+    unsafe (a forked child can deadlock on a lock another thread held). Spawning costs a second or two of
+    start-up, once, which the benchmark keeps out of its epoch timings.
+    """
     transform = train_transform(images.shape[1], crop_padding, random_flip, mean, std)
     dataset = ArrayImageDataset(images, labels, transform)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
         pin_memory=pin_memory, persistent_workers=num_workers > 0,
         generator=torch.Generator().manual_seed(seed),
+        multiprocessing_context="spawn" if num_workers > 0 else None,
     )

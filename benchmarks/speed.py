@@ -1,0 +1,263 @@
+"""The JAX-vs-PyTorch speed comparison: one process, one device, interleaved repetitions, medians.
+
+`run_benchmark(...)` builds every runner, times its first step (compilation), warms it up, then times
+`repeats` rounds of `steps` training steps on one in-memory batch. Within a round the frameworks take
+turns and the order rotates each round, so a change in machine load (the CPU is shared) hits all of them
+alike. Optionally it then times whole epochs on real data through each side's natural input pipeline.
+`build_report` is the one place the JSON schema is written; `format_table` prints it.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from benchmarks import flops
+from benchmarks.runners import JaxRunner, TorchRunner, synthetic_batch
+from jax_vit.configs import Config
+
+FRAMEWORKS = ("jax", "torch", "torch-compile")
+SCHEMA = "vit-speed-benchmark/1"
+# Settings that change the figures, recorded with them.
+ENVIRONMENT_KEYS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE")
+
+
+class BenchmarkError(ValueError):
+    """Bad benchmark options; the message names the fix."""
+
+
+def parse_frameworks(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in FRAMEWORKS]
+    if unknown or not names:
+        raise BenchmarkError(f"--frameworks {text!r}: choose from {','.join(FRAMEWORKS)} (comma-separated)")
+    return list(dict.fromkeys(names))
+
+
+def machine_load() -> dict[str, Any]:
+    """`uptime` and the load averages: the CPU is shared, so every figure carries the load it ran under."""
+    try:
+        uptime = subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        uptime = None
+    return {"uptime": uptime, "loadavg": list(os.getloadavg())}
+
+
+def versions() -> dict[str, str]:
+    import flax
+    import jax
+    import jaxlib
+    import optax
+    import torch
+
+    return {
+        "python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__, "optax": optax.__version__, "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def make_runners(config: Config, frameworks: list[str], batch_size: int, loader_workers: int):
+    images, labels = synthetic_batch(config, batch_size, seed=config.seed)
+    jax_runner = JaxRunner(config, images, labels)  # always built: it holds the shared starting weights
+    runners = {"jax": jax_runner} if "jax" in frameworks else {}
+    for name in frameworks:
+        if name.startswith("torch"):
+            runners[name] = TorchRunner(config, images, labels, jax_runner.initial_params(),
+                                        compile=name == "torch-compile", loader_workers=loader_workers)
+    return runners
+
+
+def run_benchmark(
+    config: Config, *, frameworks: list[str], batch_size: int, steps: int, repeats: int, warmup_steps: int,
+    dataset=None, epoch_repeats: int = 1, loader_workers: int = 2, progress: bool = True,
+) -> dict[str, Any]:
+    """Every figure of the comparison, as the dict `build_report` turns into the JSON."""
+    config = config.replace(batch_size=batch_size)
+    if dataset is not None:
+        config = config.replace(dataset=dataset.name, in_channels=dataset.channels,
+                                num_classes=len(dataset.class_names))
+    load_before = machine_load()
+    runners = make_runners(config, frameworks, batch_size, loader_workers)
+    figures: dict[str, dict[str, Any]] = {name: {"step_seconds": [], "epochs": []} for name in runners}
+    for name, runner in runners.items():
+        figures[name]["first_step_s"] = runner.first_step()
+        runner.run(warmup_steps)
+
+    rounds = tqdm(range(repeats), desc="timed rounds", disable=not progress)
+    names = list(runners)
+    for round_index in rounds:
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            figures[name]["step_seconds"].append(runners[name].run(steps) / steps)
+
+    if dataset is not None and epoch_repeats > 0:
+        for runner in runners.values():
+            runner.prepare_epochs(dataset.train_images, dataset.train_labels)
+        for round_index in tqdm(range(epoch_repeats), desc="epochs", disable=not progress):
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                seconds, images_seen = runners[name].epoch()
+                figures[name]["epochs"].append({"seconds": seconds, "images": images_seen})
+
+    for name, runner in runners.items():
+        figures[name]["device"] = runner.device_name
+        figures[name]["peak_memory_bytes"] = runner.peak_memory_bytes()
+        if name == "jax":
+            figures[name]["compiled_memory_bytes"] = runner.compiled_memory_bytes
+    return {
+        "config": config, "frameworks": names, "batch_size": batch_size, "steps": steps, "repeats": repeats,
+        "warmup_steps": warmup_steps, "figures": figures, "load_before": load_before, "load_after": machine_load(),
+        "dataset": None if dataset is None else {"name": dataset.name, "source": dataset.source,
+                                                  "train_images": len(dataset.train_images)},
+        "loader_workers": loader_workers, "torch_device": next(
+            (r.device.type for r in runners.values() if isinstance(r, TorchRunner)), None),
+    }
+
+
+def _summary(config: Config, batch_size: int, fig: dict[str, Any]) -> dict[str, Any]:
+    step_s = statistics.median(fig["step_seconds"])
+    images_per_s = batch_size / step_s
+    out = {
+        "device": fig["device"],
+        "first_step_s": fig["first_step_s"],
+        "step_ms_median": 1e3 * step_s,
+        "step_ms_all": [1e3 * s for s in fig["step_seconds"]],
+        "images_per_s": images_per_s,
+        "peak_memory_bytes": fig["peak_memory_bytes"],
+        "mfu": flops.mfu(config, images_per_s, fig["device"]),
+    }
+    if "compiled_memory_bytes" in fig:
+        out["compiled_memory_bytes"] = fig["compiled_memory_bytes"]
+    if fig["epochs"]:
+        seconds = [e["seconds"] for e in fig["epochs"]]
+        out["epoch"] = {
+            "seconds_median": statistics.median(seconds), "seconds_all": seconds,
+            "images": fig["epochs"][0]["images"],
+            "images_per_s": fig["epochs"][0]["images"] / statistics.median(seconds),
+        }
+    return out
+
+
+def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """JAX's throughput over each PyTorch variant's (above 1: JAX is faster)."""
+    ratios = {}
+    if "jax" not in results:
+        return ratios
+    for name, result in results.items():
+        if name == "jax":
+            continue
+        ratios[f"jax/{name}"] = results["jax"]["images_per_s"] / result["images_per_s"]
+        if "epoch" in result and "epoch" in results["jax"]:
+            ratios[f"jax/{name} epoch"] = result["epoch"]["seconds_median"] / results["jax"]["epoch"]["seconds_median"]
+    return ratios
+
+
+def precision(torch_device: str | None, jax_platform: str) -> dict[str, str]:
+    return {
+        "jax": "bfloat16 compute, float32 params" if jax_platform != "cpu" else "float32",
+        "torch": "bf16 autocast, float32 params" if torch_device == "cuda" else "float32",
+    }
+
+
+def build_report(run: dict[str, Any], *, preset: str, command: str) -> dict[str, Any]:
+    """The JSON schema, written in one place."""
+    import jax
+    import torch
+
+    config: Config = run["config"]
+    results = {name: _summary(config, run["batch_size"], fig) for name, fig in run["figures"].items()}
+    device_names = sorted({r["device"] for r in results.values()})
+    return {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "machine": {
+            "devices": device_names, "jax_platform": jax.default_backend(), "jax_devices": jax.device_count(),
+            "cpu": cpu_model(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "environment": {key: os.environ.get(key) for key in ENVIRONMENT_KEYS},
+        },
+        "versions": versions(),
+        "load": {"before": run["load_before"], "after": run["load_after"]},
+        "settings": {
+            "preset": preset, "batch_size": run["batch_size"], "steps_per_repeat": run["steps"],
+            "repeats": run["repeats"], "warmup_steps": run["warmup_steps"], "frameworks": run["frameworks"],
+            "precision": precision(run["torch_device"], jax.default_backend()),
+            "torch_optimizer": "AdamW(fused=True)", "torch_compile_mode": "default",
+            "dataset": run["dataset"], "torch_loader_workers": run["loader_workers"],
+            "notes": ("Synthetic steps: one fixed in-memory batch. The JAX step is the production step, so it "
+                      "also runs the on-device crop, flip and normalisation; PyTorch steps get a normalised "
+                      "tensor already on the device. Epochs: JAX gathers batches from the device-resident "
+                      "training set and augments inside the step; PyTorch uses a DataLoader with torchvision "
+                      "RandomCrop/RandomHorizontalFlip/ToTensor/Normalize in worker processes."),
+        },
+        "model": {
+            "config": config.to_dict(),
+            "forward_flops_per_image": flops.forward_flops_per_image(config),
+            "train_flops_per_image": flops.train_flops_per_image(config),
+            "peak_flops": {d: flops.peak_flops(d) for d in device_names},
+        },
+        "results": results,
+        "ratios": _ratios(results),
+    }
+
+
+def _mib(value) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f}"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    header = ("framework", "img/s", "ms/step", "first step s", "peak MiB", "MFU", "epoch s", "epoch img/s")
+    rows = [header]
+    for name, r in report["results"].items():
+        epoch = r.get("epoch")
+        rows.append((
+            name, f"{r['images_per_s']:.1f}", f"{r['step_ms_median']:.1f}", f"{r['first_step_s']:.1f}",
+            _mib(r["peak_memory_bytes"] if r["peak_memory_bytes"] is not None else r.get("compiled_memory_bytes")),
+            "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
+            "-" if epoch is None else f"{epoch['seconds_median']:.1f}",
+            "-" if epoch is None else f"{epoch['images_per_s']:.1f}",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    settings = report["settings"]
+    lines.insert(0, f"{settings['preset']}, batch {settings['batch_size']}, {settings['repeats']} x "
+                    f"{settings['steps_per_repeat']} steps (medians) on {', '.join(report['machine']['devices'])}; "
+                    f"load {report['load']['before']['loadavg'][0]:.2f} -> {report['load']['after']['loadavg'][0]:.2f}")
+    lines += [f"{key}: {value:.2f}x" for key, value in report["ratios"].items()]
+    return "\n".join(lines)
+
+
+def write_json_atomic(report: dict[str, Any], path: Path) -> None:
+    """Written to a temporary sibling and renamed, so an interrupted run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        json.dump(report, tmp, indent=2)
+        tmp.write("\n")
+    os.replace(tmp.name, path)
+
+
+def command_line() -> str:
+    return " ".join([Path(sys.executable).name] + sys.argv)

@@ -1,0 +1,74 @@
+"""JAX vs PyTorch training speed for one ViT preset, side by side in one process on one device.
+
+    python scripts/benchmark.py --config seed-384x8 --batch-size 512 --steps 20 \
+        --frameworks jax,torch,torch-compile --data-dir ../shared/data --out results/gpu/benchmark.json
+
+Prints a table and writes every figure, the device, versions and machine load as JSON (see notes/speed.md).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# JAX would otherwise take 75% of GPU memory at start-up and leave PyTorch, in the same process, short.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# PyTorch's OpenMP threads busy-wait between parallel regions; on a CPU shared with other work that made
+# eager PyTorch 6-10x slower here (see notes/speed.md). Passive waiting measures PyTorch at its best.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from jax_vit.configs import PRESETS, ConfigError, get_config, parse_overrides  # noqa: E402
+from jax_vit.data import DataError, load_dataset  # noqa: E402
+from benchmarks.speed import (  # noqa: E402
+    BenchmarkError, build_report, command_line, format_table, parse_frameworks, run_benchmark, write_json_atomic,
+)
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="seed-384x8", help=f"preset: {', '.join(PRESETS)}")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    parser.add_argument("--batch-size", type=positive, default=512)
+    parser.add_argument("--steps", type=positive, default=20, help="timed steps per repetition")
+    parser.add_argument("--repeats", type=positive, default=5, help="interleaved repetitions (medians reported)")
+    parser.add_argument("--warmup-steps", type=int, default=3, help="untimed steps after the first (compiling) one")
+    parser.add_argument("--frameworks", default="jax,torch,torch-compile")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="CIFAR-10 data (e.g. ../shared/data) for the end-to-end epoch timing; omit to skip it")
+    parser.add_argument("--epoch-repeats", type=int, default=1, help="epochs per framework on the real data")
+    parser.add_argument("--loader-workers", type=int, default=2, help="PyTorch DataLoader worker processes")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        frameworks = parse_frameworks(args.frameworks)
+        config = get_config(args.config, parse_overrides(args.set))
+        dataset = load_dataset("cifar10", args.data_dir) if args.data_dir is not None else None
+        if dataset is not None and len(dataset.train_images) < args.batch_size:
+            raise BenchmarkError(f"--batch-size {args.batch_size} is larger than the {len(dataset.train_images)} "
+                                 f"training images in {args.data_dir}; lower it or drop --data-dir")
+        run = run_benchmark(
+            config, frameworks=frameworks, batch_size=args.batch_size, steps=args.steps, repeats=args.repeats,
+            warmup_steps=args.warmup_steps, dataset=dataset, epoch_repeats=args.epoch_repeats,
+            loader_workers=args.loader_workers, progress=not args.no_progress,
+        )
+    except (ConfigError, DataError, BenchmarkError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    report = build_report(run, preset=args.config, command=command_line())
+    print(format_table(report))
+    write_json_atomic(report, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
