@@ -137,3 +137,13 @@ def test_random_weight_groundingdino_seeds_the_tracker_end_to_end(bedroom_clip, 
     assert saved["models"]["seeder"]["name"] == "groundingdino_swin_t" and saved["random_weights"] is True
     assert saved["num_objects"] == 1 and saved["objects"][0]["label"] in ("child", "bed")
     assert len(list((tmp_path / "out" / "masks").iterdir())) == 2
+
+
+def test_the_propagation_benchmark_reports_frames_per_second_over_the_tracked_frames(bedroom_clip):
+    from torch_seg.video_bench import machine_record, measure_propagation
+
+    run = measure_propagation(bedroom_clip, "tiny", num_frames=2, device="cpu")
+    assert (run["frames"], run["tracked_frames"], run["frame_size"]) == (2, 1, [960, 540])
+    assert run["frames_per_s"] > 0 and len(run["per_frame_ms"]) == 2 and run["dtype"] == "float32"
+    machine = machine_record(__import__("torch").device("cpu"))
+    assert machine["torch"].startswith("2.13") and machine["sam2"] and machine["cpu_cores"] >= 1
