@@ -9,6 +9,7 @@ then a line in `metrics.jsonl`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import shutil
 import time
@@ -84,6 +85,7 @@ def epoch_order(seed: int, epoch: int, num_examples: int, steps: int, batch_size
     return order[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
 
 
+@functools.lru_cache(maxsize=4)
 def make_gather(mesh):
     """Each device cuts its shard of the batch out of its own copy of the training set (no transfers)."""
     gather = jax.shard_map(

@@ -21,6 +21,7 @@ leading device axis from `replicate`); one device is simply the one-element case
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax
@@ -49,7 +50,7 @@ class TrainState:
     rng: jax.Array  # raw uint32 key data (checkpointable); step and device keys are folded from it
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # compared and hashed by identity: a jit cache key
 class Recipe:
     """The static half of training: what the step closes over (nothing here is an array to donate)."""
 
@@ -91,7 +92,10 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> tuple[optax.Gradient
     return tx, schedule
 
 
+@functools.lru_cache(maxsize=16)
 def make_recipe(config: Config, steps_per_epoch: int) -> Recipe:
+    """Cached, so the steps built from it below are too: a resumed or re-evaluated run in the same
+    process reuses the compiled step instead of compiling it again."""
     # The graph definition does not depend on the init values: build it abstractly (no compute).
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: VisionTransformer(config, rngs=nnx.Rngs(0))))
     tx, schedule = make_optimizer(config, steps_per_epoch)
@@ -200,6 +204,7 @@ def _as_device_varying(tree, axis_name: str):
     return jax.tree.map(cast, tree)
 
 
+@functools.lru_cache(maxsize=16)
 def make_train_step(recipe: Recipe, mesh: jax.sharding.Mesh) -> Callable[..., tuple[TrainState, Metrics]]:
     """jit(shard_map(train_step_per_device)) over `mesh`: state replicated, batch split, state donated."""
     step = jax.shard_map(
@@ -241,6 +246,7 @@ def eval_step_per_device(recipe: Recipe, params, images, labels, mask, axis_name
     return jax.lax.psum(sums, axis_name), predictions
 
 
+@functools.lru_cache(maxsize=16)
 def make_eval_step(recipe: Recipe, mesh: jax.sharding.Mesh):
     """(params, images, labels, mask) on the mesh -> (summed loss/correct/count, predictions)."""
     step = jax.shard_map(
