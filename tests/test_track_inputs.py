@@ -141,3 +141,12 @@ def test_with_redetection_the_detector_keeps_looking_and_sam2_is_never_built_for
     assert all(masks == {} for masks in result.frame_masks)
     with pytest.raises(UserError, match="past the end"):
         VideoTracker(seeder, _never_built, "cpu", TrackingOptions(prompt_frame=7)).track(frames, "unicorn")
+
+
+def test_a_missing_checkpoint_names_the_fix_before_any_frame_is_read(tmp_path, capsys):
+    src = _frames(tmp_path / "src", [(32, 24)] * 2)
+    code = track.main(["--video", str(src), "--prompt", "child", "--out", str(tmp_path / "out"), "--device", "cpu",
+                       "--sam2-checkpoint", str(tmp_path / "nope.pt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "checkpoint not found" in err and "download_checkpoints" in err
+    assert "reading frames" not in err and not (tmp_path / "out").exists()
