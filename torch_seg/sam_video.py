@@ -22,6 +22,9 @@ def build_video_predictor(model_name: str = DEFAULT_SAM2_MODEL, checkpoint=None,
 
     config = sam2_config(model_name)
     device = str(device)
+    if vos_optimized and not device.startswith("cuda"):
+        # max-autotune compilation targets GPU kernels; on a CPU it would compile for a very long time for nothing.
+        raise UserError("--vos-optimized compiles SAM 2 for CUDA: use it with --device cuda (or drop it)")
     if random_weights:
         # The same seed as the image chain: a random-weight run is reproducible from run to run.
         with torch.random.fork_rng(devices=[]):

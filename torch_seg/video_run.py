@@ -52,6 +52,8 @@ def track_video(video: str | Path, prompt: str, out: str | Path, *, prompt_frame
     if not 0.0 < match_iou <= 1.0:
         raise UserError(f"--match-iou {match_iou} must be in (0, 1]")
     torch_device = resolve_device(device)
+    if vos_optimized and torch_device.type != "cuda":
+        raise UserError("--vos-optimized compiles SAM 2 for CUDA: use it with --device cuda (or drop it)")
     options = TrackingOptions(prompt_frame=prompt_frame, redetect_every=redetect_every, match_iou=match_iou,
                               max_objects=max_objects, offload_video_to_cpu=offload_video_to_cpu,
                               offload_state_to_cpu=offload_state_to_cpu)
