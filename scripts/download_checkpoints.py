@@ -41,11 +41,13 @@ def download(spec: CheckpointSpec, folder: Path) -> Path:
                     bar.update(len(chunk))
     except (urllib.error.URLError, TimeoutError, OSError) as e:
         part.unlink(missing_ok=True)
-        raise UserError(f"cannot download {spec.url} ({e}): are you online? Otherwise copy the file to {final}") from None
+        raise UserError(f"cannot download {spec.url} ({e}): are you online? "
+                        f"Otherwise copy the file to {final}") from None
     digest = sha256_of(part)
     if spec.sha256 is not None and digest != spec.sha256:
         part.unlink()
-        raise UserError(f"{spec.filename}: SHA-256 {digest} does not match the pinned {spec.sha256}: retry the download")
+        raise UserError(f"{spec.filename}: SHA-256 {digest} does not match the pinned {spec.sha256}: "
+                        f"retry the download")
     part.replace(final)
     print(f"got {final} (sha256 {digest}{', verified' if spec.sha256 else ', no pinned checksum to compare'})")
     return final

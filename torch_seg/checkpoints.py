@@ -37,7 +37,8 @@ GDINO_BASE_URL = "https://github.com/IDEA-Research/GroundingDINO/releases/downlo
 # GroundingDINO model name -> (config module shipped in groundingdino-py, checkpoint)
 GDINO_MODELS: dict[str, tuple[str, CheckpointSpec]] = {
     "swin_t": ("GroundingDINO_SwinT_OGC.py",
-               CheckpointSpec("groundingdino_swint_ogc.pth", f"{GDINO_BASE_URL}/v0.1.0-alpha/groundingdino_swint_ogc.pth",
+               CheckpointSpec("groundingdino_swint_ogc.pth",
+                              f"{GDINO_BASE_URL}/v0.1.0-alpha/groundingdino_swint_ogc.pth",
                               "3b3ca2563c77c69f651d7bd133e97139c186df06231157a64c507099c52bc799")),
     "swin_b": ("GroundingDINO_SwinB_cfg.py",
                CheckpointSpec("groundingdino_swinb_cogcoor.pth",

@@ -56,7 +56,8 @@ def check_text_encoder_dir(folder: str | Path) -> Path:
     if not folder.is_dir():
         raise UserError(f"text encoder folder not found: {folder} (pass --text-encoder with a local "
                         f"bert-base-uncased copy, or run python scripts/download_checkpoints.py)")
-    if not (folder / "config.json").is_file() or not any((folder / f).is_file() for f in ("vocab.txt", "tokenizer.json")):
+    has_tokenizer = any((folder / f).is_file() for f in ("vocab.txt", "tokenizer.json"))
+    if not (folder / "config.json").is_file() or not has_tokenizer:
         raise UserError(f"{folder} lacks config.json or vocab.txt/tokenizer.json: it must be a bert-base-uncased "
                         f"copy (python scripts/download_checkpoints.py fetches one)")
     return folder
