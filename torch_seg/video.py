@@ -119,6 +119,12 @@ class VideoTracker:
         return run.result()
 
 
+def _subset(detections: Detections, indices: np.ndarray) -> Detections:
+    return Detections(detections.boxes_xyxy[indices], detections.scores[indices],
+                      [detections.labels[i] for i in indices],
+                      None if detections.points_xy is None else detections.points_xy[indices])
+
+
 class _Run:
     """The bookkeeping of one `track` call."""
 
@@ -150,8 +156,11 @@ class _Run:
         """The first scheduled frame where the detector finds something (its detections are kept), or None."""
         for frame_index in self.detection_schedule():
             detections = self.detect(frame_index)
-            if len(detections):
-                self.first_detections = detections.top_k(self.options.max_objects)
+            # Detectors often box one object twice; those duplicates must not become two ids.
+            distinct = select_new_detections(detections.boxes_xyxy, detections.scores, np.zeros((0, 4), np.float32),
+                                             self.options.match_iou)
+            if len(distinct):
+                self.first_detections = _subset(detections, distinct[: self.options.max_objects])
                 return frame_index
         return None
 
@@ -225,9 +234,7 @@ class _Run:
                                     self.options.match_iou)
         if len(new) == 0:
             return False
-        fresh = Detections(detections.boxes_xyxy[new], detections.scores[new], [detections.labels[i] for i in new],
-                           None if detections.points_xy is None else detections.points_xy[new])
-        self.add_objects(state, frame_index, fresh)
+        self.add_objects(state, frame_index, _subset(detections, new))
         return True
 
     def propagate_backward(self, state) -> None:
