@@ -12,7 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from torch_seg.checkpoints import DEFAULT_GDINO_MODEL, DEFAULT_SAM2_MODEL, resolve_sam2_checkpoint
+from torch_seg.checkpoints import (DEFAULT_GDINO_MODEL, DEFAULT_SAM2_MODEL, resolve_gdino_checkpoint,
+                                   resolve_sam2_checkpoint, resolve_text_encoder)
 from torch_seg.device import resolve_device
 from torch_seg.errors import UserError
 from torch_seg.frames import open_video
@@ -59,6 +60,10 @@ def track_video(video: str | Path, prompt: str, out: str | Path, *, prompt_frame
                               offload_state_to_cpu=offload_state_to_cpu)
     options.check()
     checkpoint = None if random_weights else resolve_sam2_checkpoint(sam2_model, sam2_checkpoint)
+    if seeder == "gdino" and seeder_instance is None and not random_weights:
+        # Found (or refused) now, not after minutes of decoding a long video.
+        resolve_gdino_checkpoint(gdino_model, gdino_checkpoint)
+        resolve_text_encoder(text_encoder)
     quiet_library_warnings()
     if random_weights:
         _say("warning: --random-weights: the models have RANDOM weights; boxes, labels and masks are meaningless "
