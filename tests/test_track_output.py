@@ -1,10 +1,14 @@
 """Label images, overlay frames and the tracks.json record, from a synthetic tracking result (no models)."""
-import numpy as np
+import json
 
+import numpy as np
+from PIL import Image
+
+from torch_seg import video_output
 from torch_seg.frames import VideoFrames
 from torch_seg.rle import mask_to_rle, rle_to_mask
 from torch_seg.video import TrackedObject, TrackingResult
-from torch_seg.video_output import draw_tracked_objects, tracks_record
+from torch_seg.video_output import draw_tracked_objects, tracks_record, write_tracking_output
 
 H, W = 60, 80
 
@@ -53,3 +57,32 @@ def test_tracks_record_lists_each_object_per_frame_with_box_area_and_rle(tmp_pat
     entry = by_id[2]["frames"][1]
     assert entry["box_xyxy"] == [41, 10, 71, 50] and entry["area"] == 30 * 40
     assert np.array_equal(rle_to_mask(entry["rle"]), _mask(41, 10, 71, 50))
+
+
+def _frames_on_disk(tmp_path):
+    for i in range(3):
+        Image.fromarray(np.full((H, W, 3), 90, dtype=np.uint8)).save(tmp_path / f"{i:05d}.jpg")
+    return VideoFrames("clip", ["a", "b", "c"], tmp_path, H, W, 24.0)
+
+
+def _record(frames):
+    return tracks_record(_result(), frames, prompt="child", phrases=["child"], models={}, random_weights=False,
+                         device="cpu", options={}, overlay=None, timings_s={})
+
+
+def test_the_writer_puts_label_images_overlay_video_and_tracks_json_in_place(tmp_path):
+    frames = _frames_on_disk(tmp_path)
+    out = write_tracking_output(tmp_path / "out", frames, _result(), _record(frames), run_started=0.0)
+    assert sorted(p.name for p in out.iterdir()) == ["masks", "overlay.mp4", "tracks.json"]
+    saved = json.loads((out / "tracks.json").read_text())
+    assert saved["overlay"] == "overlay.mp4" and saved["timings_s"]["write_s"] >= 0
+    assert np.array_equal(np.asarray(Image.open(out / "masks" / "00001.png")), _result().label_image(1))
+
+
+def test_without_an_mp4_encoder_the_overlay_is_written_as_frames(tmp_path, monkeypatch):
+    monkeypatch.setattr(video_output, "_open_overlay_writer", lambda *args: None)
+    frames = _frames_on_disk(tmp_path)
+    out = write_tracking_output(tmp_path / "out", frames, _result(), _record(frames))
+    assert sorted(p.name for p in (out / "overlay").iterdir()) == ["00000.jpg", "00001.jpg", "00002.jpg"]
+    assert json.loads((out / "tracks.json").read_text())["overlay"] == "overlay/<frame>.jpg"
+    assert not (out / "overlay.mp4").exists()
