@@ -72,7 +72,7 @@ PRESETS: dict[str, Config] = {
     # cheaper than 4x4 on a CPU, which is what lets the learning test reach real accuracy in minutes.
     "tiny": Config(
         width=96, depth=3, num_heads=3, mlp_dim=192, patch_size=8, drop_path_rate=0.0,
-        learning_rate=2e-3, batch_size=128, epochs=10, warmup_epochs=1.0,
+        learning_rate=2e-3, batch_size=64, epochs=10, warmup_epochs=1.0,
     ),
 }
 

@@ -132,9 +132,11 @@ class EpochTracker:
     def add(self, metrics) -> None:
         self.pending.append(metrics)
 
-    def flush(self) -> list[dict[str, float]]:
-        self.read += [{k: float(v) for k, v in m.items()} for m in jax.device_get(self.pending)]
-        self.pending = []
+    def flush(self, keep_newest: bool = False) -> list[dict[str, float]]:
+        """Reads the pending metrics back. `keep_newest` leaves the newest step's metrics pending: waiting for
+        it would drain the device queue, while the older ones are already computed."""
+        ready, self.pending = (self.pending[:-1], self.pending[-1:]) if keep_newest else (self.pending, [])
+        self.read += [{k: float(v) for k, v in m.items()} for m in jax.device_get(ready)]
         return self.read
 
 
@@ -206,19 +208,19 @@ def train_and_evaluate(
         epoch_start = time.time()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", disable=not progress,
                    leave=False, dynamic_ncols=True)
-        for index in order:
+        for done, index in enumerate(order, start=1):
             images, labels = gather(train_images, train_labels, shard_batch(mesh, index))
             state, metrics = train_step(state, images, labels)
             tracker.add(metrics)
             bar.update(1)
-            if bar.n % PROGRESS_EVERY == 0 or bar.n == steps_per_epoch:
-                seen = tracker.flush()
+            if done % PROGRESS_EVERY == 0:
+                seen = tracker.flush(keep_newest=True)
                 if _first_non_finite(seen) is not None:
                     break
                 recent = seen[-PROGRESS_EVERY:]
                 bar.set_postfix(loss=f"{np.mean([r['loss'] for r in recent]):.3f}",
                                 acc=f"{np.mean([r['accuracy'] for r in recent]):.3f}",
-                                img_s=f"{bar.n * config.batch_size / (time.time() - epoch_start):.0f}")
+                                img_s=f"{len(seen) * config.batch_size / (time.time() - epoch_start):.0f}")
         bar.close()
         seen = tracker.flush()
         bad = _first_non_finite(seen)

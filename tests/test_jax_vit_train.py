@@ -269,7 +269,7 @@ LEARNING_BOUND = 0.30  # measured: see notes/jax_vit.md; chance is 0.10
 @pytest.mark.slow
 def test_tiny_vit_learns_real_cifar10_far_above_chance(cifar10_sample_dir, tmp_path):
     dataset = load_dataset("cifar10", cifar10_sample_dir)
-    config = get_config("tiny", {"epochs": LEARNING_EPOCHS, "batch_size": 64})
+    config = get_config("tiny", {"epochs": LEARNING_EPOCHS})
     summary = train_and_evaluate(config, dataset, tmp_path / "run", data_dir=cifar10_sample_dir, progress=False)
     print(f"tiny, {LEARNING_EPOCHS} epochs on the CIFAR-10 sample: best {summary['best_test_acc']:.4f}, "
           f"final {summary['final_test_acc']:.4f}, {summary['wall_seconds']:.0f} s")
