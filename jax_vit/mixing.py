@@ -73,13 +73,15 @@ def mix_batch(images: jax.Array, targets: jax.Array, key: jax.Array, *, mixup_al
         branches.append(lambda x, t: mixup(x, t, mix_key, mixup_alpha))
     if cutmix_alpha > 0:
         branches.append(lambda x, t: cutmix(x, t, mix_key, cutmix_alpha))
+    # Selected with `where`, not `lax.cond`: cond needs both branches to agree on which values vary over
+    # the trainer's shard_map devices, and the unmixed inputs need not.
+    def select(flag, a, b):
+        return tuple(jnp.where(flag, x, y) for x, y in zip(a, b))
+
+    mixed = branches[0](images, targets)
     if len(branches) == 2:
-        use_cutmix = jax.random.bernoulli(switch_key, switch_prob)
-        mixed = jax.lax.cond(use_cutmix, branches[1], branches[0], images, targets)
-    else:
-        mixed = branches[0](images, targets)
-    apply = jax.random.bernoulli(apply_key, mix_prob)
-    return jax.lax.cond(apply, lambda: mixed, lambda: (images, targets))
+        mixed = select(jax.random.bernoulli(switch_key, switch_prob), branches[1](images, targets), mixed)
+    return select(jax.random.bernoulli(apply_key, mix_prob), mixed, (images, targets))
 
 
 def _erase_one(image: jax.Array, key: jax.Array, prob: float) -> jax.Array:

@@ -1,8 +1,8 @@
 """RandAugment and TrivialAugment on image batches, in pure jnp, inside jit.
 
-Every image in a batch draws its own ops, signs and magnitudes: the ops are branches of one
-`jax.lax.switch`, vmapped over the batch (under vmap the switch evaluates every branch and selects, which at
-32x32 costs far less than the ViT forward pass).
+Every image in a batch draws its own ops, signs and magnitudes, vmapped over the batch: each image
+computes every op and keeps the one it drew (what `jax.lax.switch` does under vmap; at 32x32 this costs far
+less than the ViT forward pass).
 
 Images are uint8 in [0, 255] or floats in [0, 1]; the ops work on float32 pixel values in [0, 255] (the
 scale the PIL definitions use) and the result comes back in the input's dtype.
@@ -193,7 +193,10 @@ def _apply_random_op(branches, image, key, level_fn):
     index = jax.random.randint(op_key, (), 0, len(branches))
     sign = jnp.where(jax.random.bernoulli(sign_key), 1.0, -1.0)
     level = jnp.clip(level_fn(level_key), 0.0, 1.0) * sign
-    return jax.lax.switch(index, branches, image, level)
+    # Every op, then the drawn one: what `lax.switch` under vmap does anyway, written out because vmap of a
+    # switch inside the trainer's shard_map trips jax 0.10's varying-axes check.
+    outputs = jnp.stack([op(image, level) for op in branches])
+    return outputs[index]
 
 
 def rand_augment(images: jax.Array, key: jax.Array, *, num_ops: int = 2, magnitude: float = 9.0,

@@ -110,3 +110,26 @@ def test_random_erasing_off_or_prob_zero_is_identity():
     many = jnp.zeros((64, 32, 32, 1))
     changed = np.asarray((mixing.random_erasing(many, jax.random.key(0), 0.25) != 0).any((1, 2, 3)))
     assert 4 <= changed.sum() <= 30
+
+
+def test_recipe_ops_run_inside_the_trainers_shard_map():
+    # The train step runs augmentation per device under shard_map, with device-varying keys.
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from jax_vit.randaugment import rand_augment
+
+    mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+
+    def per_device(images, labels):
+        key = jax.random.fold_in(jax.random.key(0), jax.lax.axis_index("data"))
+        images = rand_augment(images, key, num_ops=2, magnitude=9.0).astype(jnp.float32)
+        images = mixing.random_erasing(images, key, 0.5)
+        return mixing.mix_batch(images, smooth_targets(labels, NUM_CLASSES, 0.1), key,
+                                mixup_alpha=0.8, cutmix_alpha=1.0)
+
+    step = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=P("data"), out_specs=P("data")))
+    sharding = NamedSharding(mesh, P("data"))
+    images = jax.device_put(np.zeros((8, 32, 32, 3), np.uint8), sharding)
+    x, t = step(images, jax.device_put(np.arange(8) % NUM_CLASSES, sharding))
+    assert x.shape == (8, 32, 32, 3)
+    np.testing.assert_allclose(t.sum(-1), 1.0, rtol=1e-6)
