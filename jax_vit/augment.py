@@ -12,6 +12,8 @@ import jax.numpy as jnp
 
 from jax_vit.configs import Config
 from jax_vit.data import DATASETS
+from jax_vit.mixing import mix_batch, random_erasing
+from jax_vit.randaugment import rand_augment, trivial_augment
 
 
 def normalize(images: jax.Array, config: Config) -> jax.Array:
@@ -60,5 +62,16 @@ def augment(images: jax.Array, labels: jax.Array, key: jax.Array, config: Config
     images = random_crop(images, crop_key, config.crop_padding)
     if config.random_flip:
         images = random_flip(images, flip_key)
+    # Further keys are folded in rather than split off, so crop and flip draw exactly as before.
+    if config.trivial_augment:
+        images = trivial_augment(images, jax.random.fold_in(key, 1))
+    elif config.randaugment_ops > 0:
+        images = rand_augment(images, jax.random.fold_in(key, 1), num_ops=config.randaugment_ops,
+                              magnitude=config.randaugment_magnitude)
     targets = smooth_targets(labels, config.num_classes, config.label_smoothing)
-    return normalize(images, config), targets
+    images = normalize(images, config)
+    images = random_erasing(images, jax.random.fold_in(key, 2), config.random_erasing)
+    # Smooth first, then mix the smoothed targets with the pixels' own weights (see jax_vit/mixing.py).
+    return mix_batch(images, targets, jax.random.fold_in(key, 3), mixup_alpha=config.mixup_alpha,
+                     cutmix_alpha=config.cutmix_alpha, mix_prob=config.mix_prob,
+                     switch_prob=config.mix_switch_prob)
