@@ -118,6 +118,10 @@ def main(argv=None) -> int:
     sync(device)
     images_per_s = len(images) / (time.perf_counter() - start)
 
+    def cpu_model():
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+
     def version(pkg):
         from importlib.metadata import version as v
         return v(pkg)
@@ -129,6 +133,7 @@ def main(argv=None) -> int:
         "device": str(device),
         "autocast": "bf16" if device.type == "cuda" else "none (fp32)",
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_model": cpu_model(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
