@@ -137,7 +137,8 @@ def test_overlay_with_no_objects_returns_the_image_and_banner_marks_random_weigh
     np.testing.assert_array_equal(plain, image)
     flagged = draw_overlay(image, np.zeros((0, 60, 200), bool), np.zeros((0, 4)), [], np.zeros(0),
                            banner="RANDOM WEIGHTS")
-    np.testing.assert_array_equal(flagged[1, 1], [200, 0, 0])
+    np.testing.assert_array_equal(flagged[-2, 1], [200, 0, 0])
+    np.testing.assert_array_equal(flagged[1, 1], image[1, 1])
 
 
 # --- images ------------------------------------------------------------------------------------------------

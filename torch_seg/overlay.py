@@ -26,7 +26,7 @@ def draw_overlay(image: np.ndarray, masks: np.ndarray, boxes_xyxy: np.ndarray, l
                  box_scores: np.ndarray, mask_scores: np.ndarray | None = None, *,
                  banner: str | None = None) -> np.ndarray:
     """Return a new (H, W, 3) uint8 image; `image` is left untouched. Objects are drawn largest first so
-    small ones stay visible on top. `banner` (e.g. "RANDOM WEIGHTS") is written across the top."""
+    small ones stay visible on top. `banner` (e.g. "RANDOM WEIGHTS") is written in the bottom-left corner."""
     height, width = image.shape[:2]
     out = image.astype(np.float32)
     colours = palette(len(labels))
@@ -54,7 +54,9 @@ def draw_overlay(image: np.ndarray, masks: np.ndarray, boxes_xyxy: np.ndarray, l
         draw.rectangle([tx, ty, tx + tw + 2 * line, ty + th + 2 * line], fill=colour)
         draw.text((tx + line - left, ty + line - top), text, fill=(0, 0, 0), font=font)
     if banner:
+        # Bottom-left: labels of boxes touching the top edge sit at the top and must stay readable.
         left, top, right, bottom = draw.textbbox((0, 0), banner, font=font)
-        draw.rectangle([0, 0, right - left + 4 * line, bottom - top + 4 * line], fill=(200, 0, 0))
-        draw.text((2 * line - left, 2 * line - top), banner, fill=(255, 255, 255), font=font)
+        y = height - (bottom - top + 4 * line)
+        draw.rectangle([0, y, right - left + 4 * line, height], fill=(200, 0, 0))
+        draw.text((2 * line - left, y + 2 * line - top), banner, fill=(255, 255, 255), font=font)
     return np.asarray(canvas)
