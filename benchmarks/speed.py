@@ -29,7 +29,9 @@ from jax_vit.configs import Config
 FRAMEWORKS = ("jax", "torch", "torch-compile")
 SCHEMA = "vit-speed-benchmark/1"
 # Settings that change the figures, recorded with them.
-ENVIRONMENT_KEYS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE")
+ENVIRONMENT_KEYS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE",
+                    "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE",
+                    "JAX_COMPILATION_CACHE_DIR")
 
 
 class BenchmarkError(ValueError):
@@ -209,7 +211,9 @@ def build_report(run: dict[str, Any], *, preset: str, command: str) -> dict[str,
                       "also runs the on-device crop, flip and normalisation; PyTorch steps get a normalised "
                       "tensor already on the device. Epochs: JAX gathers batches from the device-resident "
                       "training set and augments inside the step; PyTorch uses a DataLoader with torchvision "
-                      "RandomCrop/RandomHorizontalFlip/ToTensor/Normalize in worker processes."),
+                      "RandomCrop/RandomHorizontalFlip/ToTensor/Normalize in worker processes. First step: "
+                      "tracing and compilation included, cold (no JAX persistent cache; Inductor's FX-graph "
+                      "and autograd caches off and a fresh kernel folder when run from scripts/benchmark.py)."),
         },
         "model": {
             "config": config.to_dict(),

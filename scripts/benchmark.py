@@ -8,8 +8,11 @@ Prints a table and writes every figure, the device, versions and machine load as
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 # JAX would otherwise take 75% of GPU memory at start-up and leave PyTorch, in the same process, short.
@@ -17,6 +20,13 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # PyTorch's OpenMP threads busy-wait between parallel regions; on a CPU shared with other work that made
 # eager PyTorch 6-10x slower here (see notes/speed.md). Passive waiting measures PyTorch at its best.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# No compilation caches (and a fresh kernel folder), so torch.compile's first step is a cold compile, as
+# JAX's is (no persistent compilation cache).
+os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "0")
+os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "0")
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="benchmark-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 from jax_vit.configs import PRESETS, ConfigError, get_config, parse_overrides  # noqa: E402
 from jax_vit.data import DataError, load_dataset  # noqa: E402
