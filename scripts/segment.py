@@ -14,10 +14,9 @@ from pathlib import Path
 
 os.environ.setdefault("USE_TF", "0")  # transformers must not import TensorFlow where it is installed
 
-from torch_seg.checkpoints import DEFAULT_GDINO_MODEL, DEFAULT_SAM2_MODEL, GDINO_MODELS, SAM2_MODELS
-from torch_seg.device import DEVICE_CHOICES
+from torch_seg.cli import add_model_arguments, run_cli
 from torch_seg.errors import UserError
-from torch_seg.seeders import DEFAULT_BOX_THRESHOLD, DEFAULT_MAX_DETECTIONS, DEFAULT_TEXT_THRESHOLD, SEEDERS
+from torch_seg.seeders import DEFAULT_MAX_DETECTIONS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,21 +26,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--image-dir", metavar="DIR", help="segment every image in this folder")
     p.add_argument("--prompt", required=True, help='objects to find, phrases separated by "." e.g. "truck. wheel."')
     p.add_argument("--out", required=True, metavar="DIR", help="results go to DIR/<image stem>/")
-    p.add_argument("--sam2-model", default=DEFAULT_SAM2_MODEL, choices=list(SAM2_MODELS))
-    p.add_argument("--sam2-checkpoint", metavar="FILE", help="default: checkpoints/sam2.1_hiera_<model>.pt")
-    p.add_argument("--gdino-model", default=DEFAULT_GDINO_MODEL, choices=list(GDINO_MODELS),
-                   help="GroundingDINO backbone: swin_t (OGC, default) or swin_b")
-    p.add_argument("--gdino-checkpoint", metavar="FILE", help="default: checkpoints/groundingdino_<model>.pth")
-    p.add_argument("--text-encoder", metavar="DIR",
-                   help="local bert-base-uncased tokenizer + config.json (default: checkpoints/bert-base-uncased)")
-    p.add_argument("--clipseg-model", metavar="DIR", help="local CLIPSeg folder for --seeder clipseg")
-    p.add_argument("--box-threshold", type=float, default=DEFAULT_BOX_THRESHOLD)
-    p.add_argument("--text-threshold", type=float, default=DEFAULT_TEXT_THRESHOLD)
     p.add_argument("--max-detections", type=int, default=DEFAULT_MAX_DETECTIONS, help="keep the best N per image")
-    p.add_argument("--seeder", default="gdino", choices=list(SEEDERS))
-    p.add_argument("--device", default="auto", choices=list(DEVICE_CHOICES))
-    p.add_argument("--random-weights", action="store_true",
-                   help="real architectures with random weights, no checkpoints: for tests and trying the plumbing")
+    add_model_arguments(p)
     return p.parse_args(argv)
 
 
@@ -110,15 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_cli(run, parse_args(argv))
 
 
 if __name__ == "__main__":

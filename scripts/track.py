@@ -14,10 +14,7 @@ import sys
 
 os.environ.setdefault("USE_TF", "0")  # transformers must not import TensorFlow where it is installed
 
-from torch_seg.checkpoints import DEFAULT_GDINO_MODEL, DEFAULT_SAM2_MODEL, GDINO_MODELS, SAM2_MODELS
-from torch_seg.device import DEVICE_CHOICES
-from torch_seg.errors import UserError
-from torch_seg.seeders import DEFAULT_BOX_THRESHOLD, DEFAULT_TEXT_THRESHOLD, SEEDERS
+from torch_seg.cli import add_model_arguments, run_cli
 from torch_seg.tracking import DEFAULT_MATCH_IOU
 from torch_seg.video import DEFAULT_MAX_OBJECTS
 
@@ -34,49 +31,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-objects", type=int, default=DEFAULT_MAX_OBJECTS, help="most objects tracked at once")
     p.add_argument("--match-iou", type=float, default=DEFAULT_MATCH_IOU,
                    help="box IoU at which a re-detected box counts as an object already tracked")
-    p.add_argument("--sam2-model", default=DEFAULT_SAM2_MODEL, choices=list(SAM2_MODELS))
-    p.add_argument("--sam2-checkpoint", metavar="FILE", help="default: checkpoints/sam2.1_hiera_<model>.pt")
-    p.add_argument("--seeder", default="gdino", choices=list(SEEDERS))
-    p.add_argument("--gdino-model", default=DEFAULT_GDINO_MODEL, choices=list(GDINO_MODELS))
-    p.add_argument("--gdino-checkpoint", metavar="FILE", help="default: checkpoints/groundingdino_<model>.pth")
-    p.add_argument("--text-encoder", metavar="DIR",
-                   help="local bert-base-uncased tokenizer + config.json (default: checkpoints/bert-base-uncased)")
-    p.add_argument("--clipseg-model", metavar="DIR", help="local CLIPSeg folder for --seeder clipseg")
-    p.add_argument("--box-threshold", type=float, default=DEFAULT_BOX_THRESHOLD)
-    p.add_argument("--text-threshold", type=float, default=DEFAULT_TEXT_THRESHOLD)
-    p.add_argument("--device", default="auto", choices=list(DEVICE_CHOICES))
+    add_model_arguments(p)
     p.add_argument("--offload-video-to-cpu", action="store_true",
                    help="keep the decoded frames in CPU memory (long clips on a GPU; little speed cost)")
     p.add_argument("--offload-state-to-cpu", action="store_true",
                    help="keep SAM 2's per-frame memory in CPU memory (longer clips still; some speed cost)")
     p.add_argument("--vos-optimized", action="store_true",
                    help="torch.compile SAM 2 fully (CUDA; minutes of compiling on first use, faster after)")
-    p.add_argument("--random-weights", action="store_true",
-                   help="real architectures with random weights, no checkpoints: for tests and trying the plumbing")
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        from torch_seg.video_run import summary, track_video
+def run(args: argparse.Namespace) -> int:
+    from torch_seg.video_run import summary, track_video
 
-        record = track_video(
-            args.video, args.prompt, args.out, prompt_frame=args.prompt_frame, redetect_every=args.redetect_every,
-            max_frames=args.max_frames, sam2_model=args.sam2_model, sam2_checkpoint=args.sam2_checkpoint,
-            seeder=args.seeder, gdino_model=args.gdino_model, gdino_checkpoint=args.gdino_checkpoint,
-            text_encoder=args.text_encoder, clipseg_model=args.clipseg_model, box_threshold=args.box_threshold,
-            text_threshold=args.text_threshold, max_objects=args.max_objects, match_iou=args.match_iou,
-            device=args.device, random_weights=args.random_weights, offload_video_to_cpu=args.offload_video_to_cpu,
-            offload_state_to_cpu=args.offload_state_to_cpu, vos_optimized=args.vos_optimized)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    record = track_video(
+        args.video, args.prompt, args.out, prompt_frame=args.prompt_frame, redetect_every=args.redetect_every,
+        max_frames=args.max_frames, sam2_model=args.sam2_model, sam2_checkpoint=args.sam2_checkpoint,
+        seeder=args.seeder, gdino_model=args.gdino_model, gdino_checkpoint=args.gdino_checkpoint,
+        text_encoder=args.text_encoder, clipseg_model=args.clipseg_model, box_threshold=args.box_threshold,
+        text_threshold=args.text_threshold, max_objects=args.max_objects, match_iou=args.match_iou,
+        device=args.device, random_weights=args.random_weights, offload_video_to_cpu=args.offload_video_to_cpu,
+        offload_state_to_cpu=args.offload_state_to_cpu, vos_optimized=args.vos_optimized)
     print(summary(record, args.out))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, parse_args(argv))
 
 
 if __name__ == "__main__":

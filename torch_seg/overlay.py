@@ -23,13 +23,15 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def draw_overlay(image: np.ndarray, masks: np.ndarray, boxes_xyxy: np.ndarray, labels: list[str],
-                 box_scores: np.ndarray, mask_scores: np.ndarray | None = None, *,
-                 banner: str | None = None) -> np.ndarray:
+                 box_scores: np.ndarray | None = None, mask_scores: np.ndarray | None = None, *,
+                 colours: np.ndarray | None = None, banner: str | None = None) -> np.ndarray:
     """Return a new (H, W, 3) uint8 image; `image` is left untouched. Objects are drawn largest first so
-    small ones stay visible on top. `banner` (e.g. "RANDOM WEIGHTS") is written in the bottom-left corner."""
+    small ones stay visible on top. `colours` (N, 3) defaults to `palette(N)` in list order; a video passes
+    colours looked up by object id so that an object keeps its colour from frame to frame. `banner`
+    (e.g. "RANDOM WEIGHTS") is written in the bottom-left corner."""
     height, width = image.shape[:2]
     out = image.astype(np.float32)
-    colours = palette(len(labels))
+    colours = palette(len(labels)) if colours is None else np.asarray(colours)
     areas = [int(m.sum()) for m in masks]
     order = sorted(range(len(labels)), key=lambda i: -areas[i])
     for i in order:
@@ -43,7 +45,7 @@ def draw_overlay(image: np.ndarray, masks: np.ndarray, boxes_xyxy: np.ndarray, l
         colour = tuple(int(c) for c in colours[i])
         x0, y0, x1, y1 = (float(v) for v in boxes_xyxy[i])
         draw.rectangle([x0, y0, x1, y1], outline=colour, width=line)
-        text = f"{labels[i]} {float(box_scores[i]):.2f}"
+        text = labels[i] if box_scores is None else f"{labels[i]} {float(box_scores[i]):.2f}"
         if mask_scores is not None:
             text += f" | mask {float(mask_scores[i]):.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)

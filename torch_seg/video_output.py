@@ -10,12 +10,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from torch_seg.frames import VideoFrames, frame_file_name
-from torch_seg.overlay import MASK_ALPHA, palette
+from torch_seg.boxes import mask_to_box
+from torch_seg.overlay import draw_overlay, palette
 from torch_seg.results import atomic_dir, write_json
 from torch_seg.video import TrackingResult
 
@@ -87,41 +88,16 @@ def _open_overlay_writer(path: Path, fps: float, width: int, height: int) -> cv2
 
 def draw_tracked_objects(frame: np.ndarray, label: np.ndarray, result: TrackingResult,
                          banner: str | None = None) -> np.ndarray:
-    """One overlay frame: each present object's mask, box and "#id label" in the colour of its id.
-
-    `overlay.draw_overlay` colours objects by their position in the list it is given; in a video an object
-    must keep its colour from frame to frame, whatever else is visible, so colours are looked up by object id
-    here (from the same palette). Everything else follows draw_overlay's look.
-    """
+    """One overlay frame: each present object's mask, box and "#id label" in the colour of its id, so an
+    object keeps its colour from frame to frame whatever else is visible."""
     ids = np.array([obj.id for obj in result.objects])
-    colours = np.zeros((int(ids.max()) + 1, 3), dtype=np.float32)
-    colours[ids] = palette(len(ids))  # palette(n)[i] does not depend on n: object i keeps its colour
-    out = frame.astype(np.float32)
-    fg = label > 0
-    out[fg] = out[fg] * (1 - MASK_ALPHA) + colours[label[fg]] * MASK_ALPHA
-    canvas = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(canvas)
-    height, width = label.shape
-    line = max(2, round(min(height, width) / 300))
-    font = ImageFont.load_default(size=max(12, round(min(height, width) / 40)))
-    for obj in result.objects:
-        ys, xs = np.nonzero(label == obj.id)
-        if len(xs) == 0:
-            continue
-        colour = tuple(int(c) for c in colours[obj.id])
-        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-        draw.rectangle([x0, y0, x1, y1], outline=colour, width=line)
-        text = f"#{obj.id} {obj.label}"
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        ty = max(y0 - (bottom - top) - 2 * line, 0)
-        draw.rectangle([x0, ty, x0 + right - left + 2 * line, ty + bottom - top + 2 * line], fill=colour)
-        draw.text((x0 + line - left, ty + line - top), text, fill=(0, 0, 0), font=font)
-    if banner:  # bottom left: object labels sit at the top of their boxes, often at the top of the frame
-        left, top, right, bottom = draw.textbbox((0, 0), banner, font=font)
-        y0 = height - (bottom - top) - 4 * line
-        draw.rectangle([0, y0, right - left + 4 * line, height], fill=(200, 0, 0))
-        draw.text((2 * line - left, y0 + 2 * line - top), banner, fill=(255, 255, 255), font=font)
-    return np.asarray(canvas)
+    by_id = np.zeros((int(ids.max()) + 1, 3), dtype=np.uint8)
+    by_id[ids] = palette(len(ids))  # palette(n)[i] does not depend on n: object i keeps its colour
+    present = [obj for obj in result.objects if (label == obj.id).any()]
+    masks = np.stack([label == obj.id for obj in present]) if present else np.zeros((0, *label.shape), bool)
+    boxes = np.array([mask_to_box(m) for m in masks], dtype=np.float32).reshape(-1, 4)
+    return draw_overlay(frame, masks, boxes, [f"#{obj.id} {obj.label}" for obj in present],
+                        colours=by_id[[obj.id for obj in present]], banner=banner)
 
 
 def write_tracking_output(out_dir: str | Path, frames: VideoFrames, result: TrackingResult, record: dict, *,

@@ -1,0 +1,42 @@
+"""Command-line pieces shared by scripts/segment.py and scripts/track.py: one place for the model options
+and for turning user errors into a one-line message and exit status 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from torch_seg.checkpoints import DEFAULT_GDINO_MODEL, DEFAULT_SAM2_MODEL, GDINO_MODELS, SAM2_MODELS
+from torch_seg.device import DEVICE_CHOICES
+from torch_seg.errors import UserError
+from torch_seg.seeders import DEFAULT_BOX_THRESHOLD, DEFAULT_TEXT_THRESHOLD, SEEDERS
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The seeder, SAM 2.1, checkpoint, threshold and device options, with their defaults."""
+    p.add_argument("--sam2-model", default=DEFAULT_SAM2_MODEL, choices=list(SAM2_MODELS))
+    p.add_argument("--sam2-checkpoint", metavar="FILE", help="default: checkpoints/sam2.1_hiera_<model>.pt")
+    p.add_argument("--seeder", default="gdino", choices=list(SEEDERS))
+    p.add_argument("--gdino-model", default=DEFAULT_GDINO_MODEL, choices=list(GDINO_MODELS),
+                   help="GroundingDINO backbone: swin_t (OGC, default) or swin_b")
+    p.add_argument("--gdino-checkpoint", metavar="FILE", help="default: checkpoints/groundingdino_<model>.pth")
+    p.add_argument("--text-encoder", metavar="DIR",
+                   help="local bert-base-uncased tokenizer + config.json (default: checkpoints/bert-base-uncased)")
+    p.add_argument("--clipseg-model", metavar="DIR", help="local CLIPSeg folder for --seeder clipseg")
+    p.add_argument("--box-threshold", type=float, default=DEFAULT_BOX_THRESHOLD)
+    p.add_argument("--text-threshold", type=float, default=DEFAULT_TEXT_THRESHOLD)
+    p.add_argument("--device", default="auto", choices=list(DEVICE_CHOICES))
+    p.add_argument("--random-weights", action="store_true",
+                   help="real architectures with random weights, no checkpoints: for tests and trying the plumbing")
+
+
+def run_cli(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Runs `run(args)`; a UserError becomes `error: <message>` and exit status 2, Ctrl-C exit status 130."""
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
