@@ -27,10 +27,10 @@ from benchmarks.weight_transfer import load_flax_weights
 from jax_vit.augment import normalize
 from jax_vit.configs import Config
 from jax_vit.data import DATASETS
-from jax_vit.train import epoch_order, make_gather
+from jax_vit.train import PROGRESS_EVERY, epoch_order, make_gather
 from jax_vit.train_step import create_train_state, make_mesh, make_recipe, make_train_step, replicate_on_mesh, shard_batch
 
-SYNC_EVERY = 10  # steps between loss read-backs in an epoch (jax_vit.train.PROGRESS_EVERY)
+SYNC_EVERY = PROGRESS_EVERY  # steps between loss read-backs in an epoch, as the JAX trainer reads them
 SCHEDULE_STEPS_PER_EPOCH = 100  # only shapes the learning-rate schedule, which does not affect speed
 
 
