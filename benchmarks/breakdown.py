@@ -18,7 +18,7 @@ import os
 import statistics
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as scripts/benchmark.py, see notes/speed.md
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as scripts/benchmark.py, see README, "Speed: JAX vs PyTorch"
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -77,12 +77,12 @@ PRESETS: dict[str, Config] = {
         width=256, depth=6, num_heads=8, mlp_dim=512, patch_size=4, dropout=0.1, drop_path_rate=0.0,
         learning_rate=3e-4, batch_size=128, epochs=100,
     ),
-    # Our recipe (issue 6; evidence in notes/recipe.md): the first write-up's model, so the comparison
-    # isolates the recipe, trained with the augmentation that public from-scratch CIFAR-10 ViTs rely on
+    # Our recipe (evidence in the README, "What matters for a ViT on CIFAR-10"): the first write-up's
+    # model, so the comparison isolates the recipe, trained with the augmentation that public from-scratch CIFAR-10 ViTs rely on
     # (RandAugment 2 ops at magnitude 9, Mixup 0.8 / CutMix 1.0, random erasing 0.25), lighter DropPath,
     # label smoothing kept, an EMA of the weights, and 200 epochs. Chosen from public from-scratch results,
     # not yet from our measurements: at the CPU's 6-epoch budget it loses to the write-ups' lighter recipes
-    # (notes/recipe.md); the full-size GPU comparison is not yet measured.
+    # (README, "What matters for a ViT on CIFAR-10"); the full-size GPU comparison is not yet measured.
     "best": Config(
         width=384, depth=8, num_heads=6, mlp_dim=1536, patch_size=4, drop_path_rate=0.1,
         label_smoothing=0.1, epochs=200, warmup_epochs=5.0, ema_decay=0.999,

@@ -3,7 +3,7 @@
     python scripts/benchmark.py --config seed-384x8 --batch-size 512 --steps 20 \
         --frameworks jax,torch,torch-compile --data-dir ../shared/data --out results/gpu/benchmark.json
 
-Prints a table and writes every figure, the device, versions and machine load as JSON (see notes/speed.md).
+Prints a table and writes every figure, the device, versions and machine load as JSON (see README, "Speed: JAX vs PyTorch").
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 # JAX would otherwise take 75% of GPU memory at start-up and leave PyTorch, in the same process, short.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # PyTorch's OpenMP threads busy-wait between parallel regions; on a CPU shared with other work that made
-# eager PyTorch 6-10x slower here (see notes/speed.md). Passive waiting measures PyTorch at its best.
+# eager PyTorch 6-10x slower here (see README, "Speed: JAX vs PyTorch"). Passive waiting measures PyTorch at its best.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # No compilation caches (and a fresh kernel folder), so torch.compile's first step is a cold compile, as
 # JAX's is (no persistent compilation cache).

@@ -3,7 +3,7 @@
   python scripts/segment.py --image truck.jpg --prompt "truck. wheel." --out out/
   python scripts/segment.py --image-dir photos/ --prompt "paper bag" --out out/ --sam2-model small
 
-Writes OUT/<image stem>/overlay.png, masks/<i>.png and result.json (see notes/segmentation.md).
+Writes OUT/<image stem>/overlay.png, masks/<i>.png and result.json (see README, "Text-prompted image segmentation").
 """
 from __future__ import annotations
 

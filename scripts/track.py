@@ -4,7 +4,7 @@
   python scripts/track.py --video frames/ --prompt "child. dog." --out out/ --redetect-every 10 --prompt-frame 5
 
 Writes OUT/masks/<frame>.png (uint16 label images: 0 background, else the object id), OUT/overlay.mp4 and
-OUT/tracks.json (see notes/video.md).
+OUT/tracks.json (see README, "Text-prompted video segmentation").
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Train a ViT from scratch: `python scripts/train.py --config tiny --dataset cifar10 --data-dir data --workdir runs/tiny`.
 
-Writes WORKDIR/{run.json, metrics.jsonl, checkpoints/, summary.json, curves.png}. See notes/jax_vit.md.
+Writes WORKDIR/{run.json, metrics.jsonl, checkpoints/, summary.json, curves.png}. See README, "A ViT trained from scratch".
 """
 from __future__ import annotations
 

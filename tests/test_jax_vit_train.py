@@ -263,7 +263,7 @@ def test_train_script_exits_non_zero_without_a_traceback(tmp_path):
 # --- learning on real data -------------------------------------------------------------------------------
 
 LEARNING_EPOCHS = 12
-LEARNING_BOUND = 0.30  # measured: see notes/jax_vit.md; chance is 0.10
+LEARNING_BOUND = 0.30  # measured: see README, "Measured (CPU)"; chance is 0.10
 
 
 @pytest.mark.slow
