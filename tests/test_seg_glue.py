@@ -255,6 +255,20 @@ def test_nms_fallback_matches_torchvision_semantics():
     assert _torchvision_compat.nms_reference(boxes, scores, 0.5).tolist() == [3, 2]
 
 
+def test_nms_works_when_torchvision_was_imported_first_by_the_benchmark_shim():
+    # One pytest session imports both halves' shims; whichever comes first, torch_seg's nms must run.
+    import subprocess
+    import sys
+
+    code = ("from benchmarks.torchvision_compat import import_torchvision; import_torchvision()\n"
+            "import torch, torch_seg\n"
+            "from torchvision.ops import nms\n"
+            "print(nms(torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10.]]), torch.tensor([0.9, 0.8]), 0.5).tolist())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[0]"
+
+
 # --- CLIPSeg heat map -> prompts ---------------------------------------------------------------------------
 
 def test_heat_map_regions_become_boxes_points_and_peak_scores():

@@ -8,8 +8,7 @@ compiled ops this project uses are `nms` (GroundingDINO, SAM 2's postprocessing)
 then still believes its ops are missing (`_has_ops()` is False, so `ops.nms` refuses to run); after importing
 it we tell it that the ops it needs are there. Other compiled ops (roi_align, deform_conv2d) stay absent.
 
-This is a no-op where torchvision's own ops load (a matching CUDA or CPU build), or when torchvision is
-already imported. Import this module before anything imports torchvision: `torch_seg/__init__.py` does.
+This is a no-op where torchvision's own ops load (a matching CUDA or CPU build). Import this module before anything imports torchvision: `torch_seg/__init__.py` does.
 """
 from __future__ import annotations
 
@@ -62,11 +61,17 @@ def _native_ops_load() -> bool:
 def install() -> bool:
     """Register the CPU fallback ops if torchvision's own cannot load. Returns True if it registered them."""
     global _LIBRARY
-    if _LIBRARY is not None or "torchvision" in sys.modules or _native_ops_load():
+    if _LIBRARY is not None or _native_ops_load():
         return False
-    lib = torch.library.Library("torchvision", "DEF")
+    if "torchvision" in sys.modules:
+        # Imported already, its schemas declared by another shim that gives them no kernel (the speed
+        # benchmark's, which needs only transforms; both meet only in one pytest session): add the kernels.
+        lib = torch.library.Library("torchvision", "IMPL")
+    else:
+        lib = torch.library.Library("torchvision", "DEF")
+        for name in ("nms", "qnms"):
+            lib.define(f"{name}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     for name in ("nms", "qnms"):
-        lib.define(f"{name}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         lib.impl(name, nms_reference, "CPU")
     _LIBRARY = lib
     import torchvision.extension  # safe now that the nms schemas exist
