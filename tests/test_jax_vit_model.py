@@ -86,6 +86,30 @@ def test_drop_path_drops_whole_samples_and_rescales_the_rest_in_training_only():
     np.testing.assert_array_equal(DropPath(0.5)(x, train=False, rngs=None), x)
 
 
+def test_keep_mask_is_bernoulli_at_the_asked_rate_for_any_shape():
+    from jax_vit.model import keep_mask
+
+    mask, keep = keep_mask(jax.random.key(0), 0.9, (1000, 1001))
+    assert mask.shape == (1000, 1001) and mask.dtype == jnp.bool_
+    assert abs(keep - 0.9) < 1 / 65536
+    assert abs(float(mask.mean()) - keep) < 0.002  # 1M draws: the standard error is 0.0003
+    odd, _ = keep_mask(jax.random.key(1), 0.5, (3, 5, 7))  # an odd element count uses half a word
+    assert odd.shape == (3, 5, 7) and 0 < int(odd.sum()) < 105
+    other, _ = keep_mask(jax.random.key(2), 0.9, (1000, 1001))
+    assert float((mask != other).mean()) > 0.1  # different keys, different masks
+
+
+def test_dropout_keeps_the_expectation_and_is_off_at_evaluation():
+    from jax_vit.model import Dropout
+
+    x = jnp.full((512, 512), 3.0)
+    dropped = np.asarray(Dropout(0.25)(x, train=True, rngs=nnx.Rngs(dropout=0)))
+    assert set(np.unique(dropped)) <= {0.0, 4.0}
+    assert abs((dropped == 0).mean() - 0.25) < 0.01
+    assert abs(dropped.mean() - 3.0) < 0.03
+    np.testing.assert_array_equal(Dropout(0.25)(x, train=False, rngs=None), x)
+
+
 def test_compute_dtype_is_float32_on_cpu_with_float32_params():
     config = get_config("tiny")
     state = init_train_state(make_recipe(config, 10))
