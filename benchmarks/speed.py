@@ -31,7 +31,7 @@ SCHEMA = "vit-speed-benchmark/1"
 # Settings that change the figures, recorded with them.
 ENVIRONMENT_KEYS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE",
                     "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE",
-                    "JAX_COMPILATION_CACHE_DIR")
+                    "JAX_COMPILATION_CACHE_DIR", "LD_PRELOAD")
 
 
 class BenchmarkError(ValueError):

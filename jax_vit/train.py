@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from jax_vit import checkpoints, reporting
+from jax_vit.allocator import active_allocator
 from jax_vit.configs import Config
 from jax_vit.data import Dataset
 from jax_vit.train_step import (DATA_AXIS, Recipe, make_eval_step, make_mesh, make_recipe, make_train_step,
@@ -290,6 +291,7 @@ def write_summary(workdir: Path, config: Config, rows, dataset: Dataset, mesh, w
         "train_size": len(dataset.train_images),
         "test_size": len(dataset.test_images),
         "versions": reporting.versions(),
+        "host_allocator": active_allocator(),
         "config": config.to_dict(),
     }
     if rows and "ema_test_acc" in rows[-1]:

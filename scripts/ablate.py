@@ -10,6 +10,11 @@ import shlex
 import subprocess
 import sys
 
+if __name__ == "__main__":  # first, so the re-executed process repeats nothing
+    from jax_vit.allocator import reexec_under_tcmalloc
+
+    reexec_under_tcmalloc()  # tcmalloc: XLA:CPU's per-step buffers (see jax_vit/allocator.py)
+
 from jax_vit.ablation import GRIDS, AblationError, run_grid
 from jax_vit.configs import ConfigError, get_config, parse_overrides
 from jax_vit.data import DATASETS, DataError, load_dataset

@@ -15,6 +15,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+if __name__ == "__main__":  # first, so the re-executed process repeats nothing
+    from jax_vit.allocator import reexec_under_tcmalloc
+
+    reexec_under_tcmalloc()  # tcmalloc: XLA:CPU's per-step buffers (see jax_vit/allocator.py)
+
 # JAX would otherwise take 75% of GPU memory at start-up and leave PyTorch, in the same process, short.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # PyTorch's OpenMP threads busy-wait between parallel regions; on a CPU shared with other work that made

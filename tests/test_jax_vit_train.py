@@ -158,7 +158,7 @@ def test_resume_after_a_crash_ends_exactly_where_an_uninterrupted_run_does(small
     assert resumed["final_test_acc"] == pytest.approx(whole["final_test_acc"])
     summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
     assert summary["device_count"] == 2 and summary["epochs"] == 3 and summary["config"]["depth"] == 2
-    assert {"best_test_acc", "final_test_acc", "wall_seconds", "device_kind", "versions"} <= set(summary)
+    assert {"best_test_acc", "final_test_acc", "wall_seconds", "device_kind", "versions", "host_allocator"} <= set(summary)
     assert (tmp_path / "whole" / "curves.png").stat().st_size > 10_000
 
     # Evaluation of the best checkpoint reproduces the accuracy recorded for its epoch.
