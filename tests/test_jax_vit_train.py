@@ -262,8 +262,8 @@ def test_train_script_exits_non_zero_without_a_traceback(tmp_path):
 
 # --- learning on real data -------------------------------------------------------------------------------
 
-LEARNING_EPOCHS = 12
-LEARNING_BOUND = 0.30  # measured: see README, "Measured (CPU)"; chance is 0.10
+LEARNING_EPOCHS = 40
+LEARNING_BOUND = 0.38  # measured 0.426 (best 0.432) in 63 s: see README, "Tests"; chance is 0.10
 
 
 @pytest.mark.slow
