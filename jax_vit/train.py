@@ -3,8 +3,8 @@
 `train_and_evaluate(config, dataset, workdir)` is the whole run; `scripts/train.py` only parses options.
 Per epoch: a fixed-seed permutation of the training set (so a resumed run sees the same order), the
 jit-compiled data-parallel step from `jax_vit.train_step`, a full test-set evaluation (raw and, if on, EMA
-weights), a checkpoint (the state is checked finite first: a diverged run never overwrites a good one),
-then a line in `metrics.jsonl`.
+weights), a line in `metrics.jsonl`, then a checkpoint (the state is checked finite first: a diverged run
+never overwrites a good one). A resumed run drops lines newer than its checkpoint.
 """
 from __future__ import annotations
 
@@ -248,10 +248,12 @@ def train_and_evaluate(
         if state.ema_params is not None:
             row["ema_test_loss"], row["ema_test_acc"], _ = evaluate(
                 eval_step, state.ema_params, test_batches, len(dataset.test_labels))
-        best_of_epoch = max(row["test_acc"], row.get("ema_test_acc", 0.0))
-        checkpoints.save(manager, state, {checkpoints.BEST_METRIC: best_of_epoch})
+        # The epoch's line goes first: a kill between the two then leaves a line without its checkpoint,
+        # which resuming drops, and never a checkpoint whose line would be missing from metrics.jsonl.
         rows.append(row)
         reporting.write_metrics(workdir, rows)
+        best_of_epoch = max(row["test_acc"], row.get("ema_test_acc", 0.0))
+        checkpoints.save(manager, state, {checkpoints.BEST_METRIC: best_of_epoch})
         message = (f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
                    f"test loss {test_loss:.4f} acc {test_acc:.4f}")
         if "ema_test_acc" in row:

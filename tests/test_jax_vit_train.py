@@ -176,6 +176,75 @@ def test_resume_after_a_crash_ends_exactly_where_an_uninterrupted_run_does(small
     assert (tmp_path / "whole" / "confusion_matrix.png").stat().st_size > 10_000
 
 
+def test_a_crash_between_an_epochs_line_and_its_checkpoint_resumes_with_every_line(small_cifar_dir, tmp_path,
+                                                                                     monkeypatch):
+    config = _config(epochs=2)
+    dataset = load_dataset("cifar10", small_cifar_dir)
+    whole = train_and_evaluate(config, dataset, tmp_path / "whole", progress=False)
+    saves = []
+    real_save = checkpoints.save
+
+    def save_then_die_before_the_second(manager, state, metrics):
+        saves.append(1)
+        if len(saves) == 2:
+            raise Crash  # epoch 2's line is written, its checkpoint is not
+        real_save(manager, state, metrics)
+
+    monkeypatch.setattr(checkpoints, "save", save_then_die_before_the_second)
+    with pytest.raises(Crash):
+        train_and_evaluate(config, dataset, tmp_path / "split", progress=False)
+    monkeypatch.setattr(checkpoints, "save", real_save)
+    assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 2
+    resumed = train_and_evaluate(config, dataset, tmp_path / "split", resume=True, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert resumed["final_test_acc"] == pytest.approx(whole["final_test_acc"])
+
+
+def test_a_killed_training_process_resumes_to_the_uninterrupted_result(small_cifar_dir, tmp_path, capsys):
+    """SIGKILL a real `scripts/train.py` once its first epoch is written, then `--resume` it."""
+    import signal
+    import time
+
+    argv = ["--config", "tiny", "--data-dir", small_cifar_dir, "--epochs", "8", "--batch-size", "64", "--no-progress",
+            "--set", "depth=2", "--set", "dropout=0.1", "--set", "drop_path_rate=0.1", "--set", "ema_decay=0.9",
+            "--set", "warmup_epochs=1"]
+    argv = [str(a) for a in argv]
+    assert _script("train").main(argv + ["--workdir", str(tmp_path / "whole")]) == 0
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), *argv, "--workdir", str(killed)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while not (killed / "metrics.jsonl").exists() or not (killed / "metrics.jsonl").read_text().strip():
+            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "the first epoch never finished"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    written = len((killed / "metrics.jsonl").read_text().splitlines())
+    assert 1 <= written < 8  # killed mid-run
+
+    assert _script("train").main(argv + ["--workdir", str(killed), "--resume"]) == 0
+    capsys.readouterr()
+    steps_per_epoch = 320 // 64
+    config = _config(epochs=8)
+    a = _restore_latest(tmp_path / "whole", config, steps_per_epoch)
+    b = _restore_latest(killed, config, steps_per_epoch)
+    assert int(a.step) == int(b.step) == 8 * steps_per_epoch
+    for part in ("params", "ema_params", "opt_state", "rng"):
+        assert _max_difference(getattr(a, part), getattr(b, part)) < 1e-6, part
+    rows = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+            for run in ("whole", "killed")]
+    assert [r["epoch"] for r in rows[1]] == list(range(1, 9))
+    for first, second in zip(*rows):
+        assert first["test_acc"] == pytest.approx(second["test_acc"]) and first["lr"] == pytest.approx(second["lr"])
+
+
 # --- the command lines and bad input ---------------------------------------------------------------------
 
 def _script(name):
