@@ -26,6 +26,7 @@ from torch_seg.device import autocast, resolve_device
 from torch_seg.errors import UserError
 from torch_seg.images import list_images, load_image
 from torch_seg.pipeline import TextSegmenter, quiet_library_warnings
+from torch_seg.results import write_json
 
 
 def sync(device):
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
     }
     out = Path(args.out or Path("results") / device.type / "segment_bench.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     print(f"images/s over {len(images)} photos: {images_per_s:.3f}; wrote {out}")
     return 0
 

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 from torch_seg.checkpoints import SAM2_MODELS
 from torch_seg.device import DEVICE_CHOICES
 from torch_seg.errors import UserError
+from torch_seg.results import write_json
 
 DEFAULT_FRAMES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "seg" / "bedroom"
 
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
                   "random_weights": True, "machine": machine, "runs": runs}
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2) + "\n")
+        write_json(out, record)
         print(f"saved {out}")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
