@@ -43,5 +43,6 @@ def reexec_under_tcmalloc(argv: list[str] | None = None, environ=os.environ, dir
     if library is None:
         return False
     environ["LD_PRELOAD"] = os.pathsep.join(filter(None, [library, environ.get("LD_PRELOAD")]))
-    execv(sys.executable, [sys.executable, *(sys.argv if argv is None else argv)])
+    # orig_argv keeps the interpreter's own options (-u, -X ..., -W ...) along with the script and its arguments.
+    execv(sys.executable, [sys.executable, *(sys.orig_argv[1:] if argv is None else argv)])
     return True

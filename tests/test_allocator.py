@@ -48,9 +48,9 @@ def test_a_real_process_restarts_itself_with_tcmalloc_mapped(tmp_path):
         "reexec_under_tcmalloc()\n"
         "import sys\n"
         "mapped = any('tcmalloc' in line for line in open('/proc/self/maps'))\n"
-        "print('mapped' if mapped else 'absent', sys.argv[1:])\n"
+        "print('mapped' if mapped else 'absent', sys.argv[1:], sys.flags.utf8_mode)\n"
     )
     environ = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "VIT_NO_TCMALLOC")}
-    out = subprocess.run([sys.executable, str(script), "a", "b"], env=environ, capture_output=True, text=True,
-                         timeout=120, check=True).stdout
-    assert out.strip() == "mapped ['a', 'b']"
+    out = subprocess.run([sys.executable, "-X", "utf8", str(script), "a", "b"], env=environ, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert out.strip() == "mapped ['a', 'b'] 1"  # restarted with the interpreter option kept
