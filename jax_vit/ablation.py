@@ -26,8 +26,10 @@ import numpy as np
 
 from jax_vit.configs import PRESETS, Config
 
-MODEL_FIELDS = ("image_size", "in_channels", "num_classes", "patch_size", "width", "depth", "num_heads",
-                "mlp_dim", "compute_dtype")
+# What a recipe preset takes from the base in the `best` grid: the data and the model size (only the recipe
+# is compared). The dataset matters beyond the model: it picks the normalisation statistics.
+BASE_FIELDS = ("dataset", "image_size", "in_channels", "num_classes", "patch_size", "width", "depth", "num_heads",
+               "mlp_dim", "compute_dtype")
 # A short budget cannot afford the write-ups' 5 warm-up epochs: warm-up is capped at this share of it.
 MAX_WARMUP_SHARE = 0.2
 RANDAUGMENT = {"randaugment_ops": 2, "randaugment_magnitude": 9.0}
@@ -112,8 +114,7 @@ def setting_config(base: Config, setting: Setting, epochs: int, seed: int) -> Co
     if setting.recipe_preset is not None:
         if setting.recipe_preset not in PRESETS:
             raise AblationError(f"preset {setting.recipe_preset!r} is not defined in jax_vit/configs.py")
-        model = {name: getattr(base, name) for name in MODEL_FIELDS}
-        config = PRESETS[setting.recipe_preset].replace(**model)
+        config = PRESETS[setting.recipe_preset].replace(**{name: getattr(base, name) for name in BASE_FIELDS})
     config = config.replace(**setting.changes)
     warmup = min(config.warmup_epochs, MAX_WARMUP_SHARE * epochs)
     return config.replace(epochs=epochs, warmup_epochs=warmup, seed=seed)

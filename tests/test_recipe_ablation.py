@@ -76,6 +76,22 @@ def test_recipe_presets_run_at_the_base_model_size_with_the_shared_budget():
     assert config.warmup_epochs == pytest.approx(0.6), "5 warm-up epochs must not eat a 3-epoch budget"
 
 
+def test_the_best_grid_trains_every_recipe_on_real_fashion_mnist(fashion_mnist_dir, tmp_path):
+    """The recipe presets name CIFAR-10; on a grey dataset they must keep the base's data and channels."""
+    from jax_vit.data import load_dataset
+
+    full = load_dataset("fashion_mnist", fashion_mnist_dir)
+    small = dataclasses.replace(full, train_images=full.train_images[:640], train_labels=full.train_labels[:640],
+                                test_images=full.test_images[:128], test_labels=full.test_labels[:128])
+    base = get_config("tiny", {"depth": 1, "batch_size": 64}).replace(dataset="fashion_mnist", in_channels=1)
+    for setting in ablation.GRIDS["best"](base):
+        config = ablation.setting_config(base, setting, epochs=1, seed=0)
+        assert (config.dataset, config.in_channels) == ("fashion_mnist", 1), setting.name
+    runs = ablation.run_grid("best", base, small, tmp_path, epochs=1, seeds=[0])
+    assert len(runs) == 3
+    assert all(0.0 <= run["test_accuracy"] <= 1.0 and run["params"] > 0 for run in runs)
+
+
 def test_run_grid_gives_every_setting_the_same_budget_seeds_and_splits(tmp_path):
     data, trainer = _dataset(), FakeTrainer()
     runs = ablation.run_grid("patch", get_config("tiny"), data, tmp_path, epochs=2, seeds=[0, 1], train_fn=trainer)
