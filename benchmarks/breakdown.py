@@ -18,6 +18,10 @@ import os
 import statistics
 import time
 
+if __name__ == "__main__":  # the same allocator as scripts/benchmark.py (see jax_vit/allocator.py)
+    from jax_vit.allocator import reexec_under_tcmalloc
+
+    reexec_under_tcmalloc()
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as scripts/benchmark.py, see README, "Speed: JAX vs PyTorch"
 
 import jax  # noqa: E402
