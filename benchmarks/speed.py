@@ -15,7 +15,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 from benchmarks import flops
 from benchmarks.runners import JaxRunner, TorchRunner, synthetic_batch
 from jax_vit.configs import Config
+from jax_vit.reporting import write_atomic
 
 FRAMEWORKS = ("jax", "torch", "torch-compile")
 SCHEMA = "vit-speed-benchmark/1"
@@ -256,11 +256,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 def write_json_atomic(report: dict[str, Any], path: Path) -> None:
     """Written to a temporary sibling and renamed, so an interrupted run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        json.dump(report, tmp, indent=2)
-        tmp.write("\n")
-    os.replace(tmp.name, path)
+    write_atomic(path, json.dumps(report, indent=2) + "\n")
 
 
 def command_line() -> str:
