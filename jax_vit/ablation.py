@@ -90,11 +90,19 @@ def _regularise_grid(base: Config) -> list[Setting]:
     ]
 
 
+def _optimise_grid(base: Config) -> list[Setting]:
+    # At a fixed epoch budget the batch size sets the number of updates; the learning rate their size.
+    batches = (max(8, base.batch_size // 2), base.batch_size, base.batch_size * 2)
+    return ([Setting(f"batch {b}", {"batch_size": b}) for b in batches]
+            + [Setting(f"lr {lr:g}", {"learning_rate": lr}) for lr in (base.learning_rate / 2, base.learning_rate * 2)])
+
+
 def _best_grid(base: Config) -> list[Setting]:
     return [
         Setting("write-up 1 recipe (seed-384x8)", recipe_preset="seed-384x8"),
         Setting("write-up 2 recipe (seed-256x6)", recipe_preset="seed-256x6"),
         Setting("best", recipe_preset="best"),
+        Setting("heavy-aug", recipe_preset="heavy-aug"),
     ]
 
 
@@ -103,6 +111,7 @@ GRIDS: dict[str, Callable[[Config], list[Setting]]] = {
     "shape": _shape_grid,
     "augment": _augment_grid,
     "regularise": _regularise_grid,
+    "optimise": _optimise_grid,
     "best": _best_grid,
 }
 

@@ -66,6 +66,16 @@ def test_shape_grid_holds_the_parameter_count_roughly_equal():
     assert max(counts) / min(counts) < 1.2, counts
 
 
+def test_optimise_grid_varies_batch_size_and_learning_rate_around_the_base():
+    base = get_config("tiny", {"batch_size": 128, "learning_rate": 2e-3})
+    settings = ablation.GRIDS["optimise"](base)
+    batches = [s.changes["batch_size"] for s in settings if "batch_size" in s.changes]
+    rates = [s.changes["learning_rate"] for s in settings if "learning_rate" in s.changes]
+    assert batches == [64, 128, 256] and rates == pytest.approx([1e-3, 4e-3])
+    assert all(len(s.changes) == 1 for s in settings), "each setting changes one thing"
+    assert [s.name for s in settings][-2:] == ["lr 0.001", "lr 0.004"]
+
+
 def test_recipe_presets_run_at_the_base_model_size_with_the_shared_budget():
     base = get_config("tiny")
     setting = ablation.Setting("write-up", recipe_preset="seed-384x8")
@@ -88,7 +98,7 @@ def test_the_best_grid_trains_every_recipe_on_real_fashion_mnist(fashion_mnist_d
         config = ablation.setting_config(base, setting, epochs=1, seed=0)
         assert (config.dataset, config.in_channels) == ("fashion_mnist", 1), setting.name
     runs = ablation.run_grid("best", base, small, tmp_path, epochs=1, seeds=[0])
-    assert len(runs) == 3
+    assert len(runs) == 4
     assert all(0.0 <= run["test_accuracy"] <= 1.0 and run["params"] > 0 for run in runs)
 
 
