@@ -326,7 +326,7 @@ def test_train_script_exits_non_zero_without_a_traceback(tmp_path):
                              "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: unknown preset 'huge'; choose one of: seed-384x8, "
-                                                  "seed-256x6, best, tiny"]
+                                                  "seed-256x6, best, heavy-aug, tiny"]
 
 
 # --- learning on real data -------------------------------------------------------------------------------
