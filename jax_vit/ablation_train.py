@@ -70,8 +70,8 @@ def train_and_score(config: Config, train: tuple, val: tuple, test: tuple) -> di
 def seconds_per_epoch(config: Config, train: tuple, warmup_steps: int = 3, timed_steps: int = 8) -> float:
     """Wall seconds one epoch of `config` takes here, from a few steps after the compile (for time budgets).
 
-    The first steps after the compile run 2-3x slower on the CPU (the allocator's pages are touched for the
-    first time): timing them gave 8x8 patches 59 of their 140 epochs in a 2-minute budget. They are run
+    The first steps after the compile run 2-3x slower on the CPU (most likely memory touched for the first
+    time): timing them gave 8x8 patches 59 epochs in a 2-minute budget that fits about 150, so they run
     untimed first.
     """
     train_images, train_labels = train

@@ -144,6 +144,26 @@ def test_time_budget_gives_slower_settings_fewer_epochs(tmp_path):
     assert {c.patch_size: c.epochs for c, *_ in trainer.calls} == {2: 1, 4: 4, 8: 12}
 
 
+def test_epoch_time_for_a_time_budget_leaves_the_slow_first_steps_untimed(monkeypatch):
+    """The compile and the first steps after it are slow; only the steps after them are timed."""
+    from jax_vit import ablation_train
+
+    clock, calls = [0.0], []
+
+    def fake_step(state, images, labels):
+        calls.append(len(calls))
+        clock[0] += 5.0 if len(calls) <= 4 else 0.1  # compile + 3 slow steps, then 0.1 s a step
+        return state, np.zeros(())
+
+    monkeypatch.setattr(ablation_train, "make_train_step", lambda recipe, mesh: fake_step)
+    monkeypatch.setattr(ablation_train.time, "perf_counter", lambda: clock[0])
+    data = _dataset()
+    config = get_config("tiny", {"depth": 1, "batch_size": 16})
+    seconds = ablation_train.seconds_per_epoch(config, (data.train_images, data.train_labels))
+    assert len(calls) == 1 + 3 + 8
+    assert seconds == pytest.approx(0.1 * (len(data.train_images) // 16))
+
+
 def test_bad_grid_and_budget_are_rejected(tmp_path):
     with pytest.raises(ablation.AblationError, match="choose one of"):
         ablation.run_grid("colour", get_config("tiny"), _dataset(), tmp_path, epochs=1, seeds=[0])
