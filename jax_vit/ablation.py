@@ -277,6 +277,18 @@ def write_reports(out_dir: Path, runs: list[dict], header: str = "") -> None:
 # train_fn(config, train, val, test) -> {"params": int, "train_seconds": float, "history": [{"epoch",
 # "val_accuracy", "val_accuracy_ema"}...], "test_accuracy": float, "test_accuracy_ema": float | None};
 # train/val/test are (uint8 images, int labels) pairs.
+def select_settings(grid: str, grid_settings: list[Setting], names: list[str] | None) -> list[Setting]:
+    """The grid's settings named in `names`, in the grid's order; all of them when `names` is None."""
+    if names is None:
+        return grid_settings
+    known = [setting.name for setting in grid_settings]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise AblationError(f"--settings {unknown or names}: grid {grid!r} has the settings "
+                            + ", ".join(repr(name) for name in known))
+    return [setting for setting in grid_settings if setting.name in names]
+
+
 TrainFn = Callable[[Config, tuple, tuple, tuple], dict]
 _RESULT_KEYS = ("params", "train_seconds", "history", "val_accuracy", "val_accuracy_ema", "test_accuracy",
                 "test_accuracy_ema")
@@ -284,9 +296,12 @@ _RESULT_KEYS = ("params", "train_seconds", "history", "val_accuracy", "val_accur
 
 def run_grid(grid: str, base: Config, dataset, out_dir: Path, *, epochs: int | None = None,
              budget_minutes: float | None = None, seeds: list[int], val_fraction: float = 0.1,
-             train_fn: TrainFn | None = None, epoch_seconds_fn: Callable | None = None,
-             header: str = "") -> list[dict]:
+             settings: list[str] | None = None, train_fn: TrainFn | None = None,
+             epoch_seconds_fn: Callable | None = None, header: str = "") -> list[dict]:
     """Train every (setting, seed) of `grid` not already in `out_dir`; returns all runs recorded there.
+
+    `settings` keeps only the named settings of the grid (all when None): a costly setting already measured
+    at this budget need not be trained again for more seeds.
 
     The budget is either `epochs` (the same for every setting: fair on a shared, noisy machine) or
     `budget_minutes` of training per run, turned into each setting's epoch count from its measured speed
@@ -302,6 +317,7 @@ def run_grid(grid: str, base: Config, dataset, out_dir: Path, *, epochs: int | N
         raise AblationError(f"--budget-minutes {budget_minutes} must be positive")
     if not seeds:
         raise AblationError("--seeds needs at least one seed, for example --seeds 0 1")
+    chosen = select_settings(grid, GRIDS[grid](base), settings)
     if train_fn is None:
         from jax_vit.ablation_train import train_and_score as train_fn
     if epoch_seconds_fn is None and budget_minutes is not None:
@@ -315,7 +331,7 @@ def run_grid(grid: str, base: Config, dataset, out_dir: Path, *, epochs: int | N
     done = {(r["grid"], r["setting"], r["seed"]) for r in previous}
     # The same config in another grid (crop+flip = DropPath 0 = patch 4 on the base) is trained once.
     by_config = {json.dumps(r["config"], sort_keys=True): r for r in previous if "config" in r}
-    for setting in GRIDS[grid](base):
+    for setting in chosen:
         if all((grid, setting.name, seed) in done for seed in seeds):
             continue
         run_epochs = epochs

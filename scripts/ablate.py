@@ -31,6 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     budget.add_argument("--budget-minutes", type=float, help="training minutes per run (epochs from speed)")
     parser.add_argument("--preset", default="tiny", help="base preset: model size and recipe of every run")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base config field")
+    parser.add_argument("--settings", help="with one grid: only these of its settings, comma-separated "
+                        "(names as in its results.md), for example --settings 'best,heavy-aug'")
     parser.add_argument("--seeds", default="0", help="comma-separated run seeds, for example 0,1,2")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="share of each class's training images held out to choose settings on")
@@ -64,13 +66,18 @@ def main(argv=None) -> int:
         if unknown or not grids:
             raise AblationError(f"unknown grid {unknown}; choose from: {', '.join(GRIDS)} or all")
         seeds = parse_seeds(args.seeds)
+        settings = None
+        if args.settings is not None:
+            if len(grids) != 1:
+                raise AblationError("--settings names the settings of one grid: give a single --grid")
+            settings = [name.strip() for name in args.settings.split(",") if name.strip()]
         dataset = load_dataset(args.dataset, args.data_dir)
         base = get_config(args.preset, parse_overrides(args.set)).replace(
             dataset=args.dataset, in_channels=dataset.channels)
         header = machine_header(argv)
         for grid in grids:
             run_grid(grid, base, dataset, args.out, epochs=args.epochs, budget_minutes=args.budget_minutes,
-                     seeds=seeds, val_fraction=args.val_fraction, header=header)
+                     seeds=seeds, settings=settings, val_fraction=args.val_fraction, header=header)
     except (AblationError, ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

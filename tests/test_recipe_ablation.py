@@ -136,6 +136,19 @@ def test_run_grid_resumes_and_trains_an_identical_config_only_once(tmp_path):
     assert reused["val_accuracy"] == next(r for r in runs if r["setting"] == "patch 4")["val_accuracy"]
 
 
+def test_settings_keeps_only_the_named_settings_and_rejects_unknown_names(tmp_path):
+    data, trainer = _dataset(), FakeTrainer()
+    runs = ablation.run_grid("best", get_config("tiny"), data, tmp_path, epochs=1, seeds=[0, 1],
+                             settings=["best", "write-up 1 recipe (seed-384x8)"], train_fn=trainer)
+    assert [(r["setting"], r["seed"]) for r in runs] == [
+        ("write-up 1 recipe (seed-384x8)", 0), ("write-up 1 recipe (seed-384x8)", 1), ("best", 0), ("best", 1)]
+    assert {c.mixup_alpha for c, *_ in trainer.calls} == {0.0, 0.8}, "write-up 1 and best, nothing else"
+    with pytest.raises(ablation.AblationError, match="'heavy-aug'"):
+        ablation.run_grid("best", get_config("tiny"), data, tmp_path, epochs=1, seeds=[0], settings=["heavy"],
+                          train_fn=trainer)
+    assert len(trainer.calls) == 4, "an unknown name trains nothing"
+
+
 def test_time_budget_gives_slower_settings_fewer_epochs(tmp_path):
     trainer = FakeTrainer()
     speed = lambda config, train: {2: 60.0, 4: 15.0, 8: 5.0}[config.patch_size]  # seconds per epoch
@@ -177,7 +190,11 @@ def test_cli_reports_user_errors_in_one_line(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: unknown grid") and "Traceback" not in result.stderr
-    cmd[cmd.index("colour")] = "patch"
+    cmd[cmd.index("colour")] = "patch,best"
+    result = subprocess.run(cmd + ["--settings", "best"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "error: --settings names the settings of one grid: give a single --grid")
+    cmd[cmd.index("patch,best")] = "patch"
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
