@@ -33,12 +33,7 @@ def train_and_score(config: Config, train: tuple, val: tuple, test: tuple) -> di
     devices = jax.local_devices()[:1]
     split = _as_dataset(config, train, val)
     with tempfile.TemporaryDirectory(prefix="ablation-run-") as workdir:
-        def report(epoch, row):
-            ema = f" (EMA {row['ema_test_acc']:.3f})" if "ema_test_acc" in row else ""
-            print(f"  epoch {epoch}: train loss {row['train_loss']:.3f} val acc {row['test_acc']:.3f}{ema}",
-                  flush=True)
-
-        train_and_evaluate(config, split, workdir, devices=devices, progress=False, on_epoch_end=report)
+        train_and_evaluate(config, split, workdir, devices=devices, progress=False, eval_name="val")
         rows = reporting.read_metrics(workdir)
         config = configure_for_dataset(config, split)
         mesh = make_mesh(devices)

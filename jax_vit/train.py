@@ -159,10 +159,13 @@ def train_and_evaluate(
     devices=None,
     progress: bool = True,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    eval_name: str = "test",
 ) -> dict[str, Any]:
     """Trains `config` on `dataset`, writing checkpoints, metrics, summary and curves into `workdir`.
 
     `on_epoch_end(epoch, row)` runs after each epoch's checkpoint and metrics line are written.
+    `eval_name` is what the epoch line calls the split scored every epoch (the ablation runner passes its
+    validation images as the dataset's test split); metrics.jsonl keeps the `test_` keys either way.
     Returns the summary (also written to `workdir/summary.json`).
     """
     started = time.time()
@@ -255,7 +258,7 @@ def train_and_evaluate(
         best_of_epoch = max(row["test_acc"], row.get("ema_test_acc", 0.0))
         checkpoints.save(manager, state, {checkpoints.BEST_METRIC: best_of_epoch})
         message = (f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
-                   f"test loss {test_loss:.4f} acc {test_acc:.4f}")
+                   f"{eval_name} loss {test_loss:.4f} acc {test_acc:.4f}")
         if "ema_test_acc" in row:
             message += f" (EMA {row['ema_test_acc']:.4f})"
         message += f" | {epoch_seconds:.1f} s, {row['images_per_second']:.0f} img/s"

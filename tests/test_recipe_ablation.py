@@ -86,7 +86,7 @@ def test_recipe_presets_run_at_the_base_model_size_with_the_shared_budget():
     assert config.warmup_epochs == pytest.approx(0.6), "5 warm-up epochs must not eat a 3-epoch budget"
 
 
-def test_the_best_grid_trains_every_recipe_on_real_fashion_mnist(fashion_mnist_dir, tmp_path):
+def test_the_best_grid_trains_every_recipe_on_real_fashion_mnist(fashion_mnist_dir, tmp_path, capsys):
     """The recipe presets name CIFAR-10; on a grey dataset they must keep the base's data and channels."""
     from jax_vit.data import load_dataset
 
@@ -100,6 +100,10 @@ def test_the_best_grid_trains_every_recipe_on_real_fashion_mnist(fashion_mnist_d
     runs = ablation.run_grid("best", base, small, tmp_path, epochs=1, seeds=[0])
     assert len(runs) == 4
     assert all(0.0 <= run["test_accuracy"] <= 1.0 and run["params"] > 0 for run in runs)
+    # Every epoch is scored on validation images, and the log must not call them test images.
+    log = capsys.readouterr()
+    log = log.out + log.err
+    assert log.count("| val loss") == 4 and "test loss" not in log, log
 
 
 def test_run_grid_gives_every_setting_the_same_budget_seeds_and_splits(tmp_path):
