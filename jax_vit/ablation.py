@@ -274,9 +274,6 @@ def write_reports(out_dir: Path, runs: list[dict], header: str = "") -> None:
 
 # ----------------------------------------------------------------------------------------------- runner
 
-# train_fn(config, train, val, test) -> {"params": int, "train_seconds": float, "history": [{"epoch",
-# "val_accuracy", "val_accuracy_ema"}...], "test_accuracy": float, "test_accuracy_ema": float | None};
-# train/val/test are (uint8 images, int labels) pairs.
 def select_settings(grid: str, grid_settings: list[Setting], names: list[str] | None) -> list[Setting]:
     """The grid's settings named in `names`, in the grid's order; all of them when `names` is None."""
     if names is None:
@@ -289,6 +286,9 @@ def select_settings(grid: str, grid_settings: list[Setting], names: list[str] | 
     return [setting for setting in grid_settings if setting.name in names]
 
 
+# train_fn(config, train, val, test) -> {"params": int, "train_seconds": float, "history": [{"epoch",
+# "val_accuracy", "val_accuracy_ema"}...], "test_accuracy": float, "test_accuracy_ema": float | None};
+# train/val/test are (uint8 images, int labels) pairs.
 TrainFn = Callable[[Config, tuple, tuple, tuple], dict]
 _RESULT_KEYS = ("params", "train_seconds", "history", "val_accuracy", "val_accuracy_ema", "test_accuracy",
                 "test_accuracy_ema")
