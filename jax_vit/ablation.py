@@ -205,9 +205,29 @@ def summarise(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return groups
 
 
+# Runs written before each run kept its command's header.
+UNRECORDED_HEADER = "A command not recorded here (its runs predate runs.jsonl keeping each run's command)."
+
+
+def command_headers(runs: list[dict], header: str = "") -> list[str]:
+    """The headers (machine, command, load) of the commands that trained `runs`, in order, once each.
+
+    A folder filled by several commands (more seeds, more settings) names all of them; an empty folder
+    names the current command's `header`.
+    """
+    if not runs:
+        return [header] if header else []
+    return list(dict.fromkeys(run.get("header") or UNRECORDED_HEADER for run in runs))
+
+
 def results_markdown(runs: list[dict], header: str = "") -> str:
     """One table per grid; accuracies in %, mean ± std over seeds; the row chosen on validation in bold."""
-    lines = [header.rstrip(), ""] if header else []
+    headers = command_headers(runs, header)
+    if len(headers) > 1:
+        lines = [f"Filled by {len(headers)} commands, in order:", ""] + [f"{i}. {h.rstrip()}"
+                                                                     for i, h in enumerate(headers, 1)] + [""]
+    else:
+        lines = [headers[0].rstrip(), ""] if headers else []
     groups = summarise(runs)
     for grid in dict.fromkeys(g for g, _ in groups):
         rows = [(s, rs) for (g, s), rs in groups.items() if g == grid]
@@ -354,7 +374,7 @@ def run_grid(grid: str, base: Config, dataset, out_dir: Path, *, epochs: int | N
             run = {"grid": grid, "setting": setting.name, "seed": seed, "epochs": run_epochs, "changes": changes,
                    "budget": f"{budget_minutes:g} min" if budget_minutes is not None else f"{epochs} epochs",
                    "dataset": dataset.name, "val_images": int(val_idx.size), "train_images": int(train_idx.size),
-                   "config": config.to_dict(), **result}
+                   "config": config.to_dict(), "header": header, **result}
             append_run(out_dir, run)
             by_config[config_key] = run
             write_reports(out_dir, load_runs(out_dir), header)

@@ -153,6 +153,21 @@ def test_settings_keeps_only_the_named_settings_and_rejects_unknown_names(tmp_pa
     assert len(trainer.calls) == 4, "an unknown name trains nothing"
 
 
+def test_results_md_names_every_command_that_filled_the_folder(tmp_path):
+    data, trainer, base = _dataset(), FakeTrainer(), get_config("tiny")
+    ablation.run_grid("patch", base, data, tmp_path, epochs=1, seeds=[0], train_fn=trainer, header="Command: A.")
+    assert (tmp_path / "results.md").read_text().startswith("Command: A.\n")
+    ablation.run_grid("patch", base, data, tmp_path, epochs=1, seeds=[0, 1], train_fn=trainer, header="Command: B.")
+    text = (tmp_path / "results.md").read_text()
+    assert "Filled by 2 commands, in order:\n\n1. Command: A.\n2. Command: B.\n" in text
+    # A resume that trains nothing adds no command; runs recorded without one are flagged, not misattributed.
+    ablation.run_grid("patch", base, data, tmp_path, epochs=1, seeds=[0, 1], train_fn=trainer, header="Command: C.")
+    assert "Command: C." not in (tmp_path / "results.md").read_text()
+    old = [{k: v for k, v in run.items() if k != "header"} for run in ablation.load_runs(tmp_path)[:3]]
+    assert ablation.command_headers(old + ablation.load_runs(tmp_path)[3:]) == [
+        ablation.UNRECORDED_HEADER, "Command: B."]
+
+
 def test_time_budget_gives_slower_settings_fewer_epochs(tmp_path):
     trainer = FakeTrainer()
     speed = lambda config, train: {2: 60.0, 4: 15.0, 8: 5.0}[config.patch_size]  # seconds per epoch
