@@ -169,3 +169,15 @@ def test_cli_cuda_without_a_gpu_is_a_user_error(capsys, seg_dir, tmp_path):
 def test_missing_checkpoint_is_never_a_silent_random_fallback(tmp_path):
     with pytest.raises(UserError, match="download_checkpoints"):
         TextSegmenter(sam2_checkpoint=tmp_path / "absent.pt", device="cpu")
+
+
+def test_swin_b_backbone_runs_the_chain(small_text_encoder, seg_dir, tmp_path):
+    # The README offers --gdino-model swin_b: its real architecture (233M parameters) must build and segment.
+    swin_b = TextSegmenter(seeder="gdino", gdino_model="swin_b", sam2_model="tiny", text_encoder=small_text_encoder,
+                           device="cpu", random_weights=True, max_detections=2,
+                           seeder_options={"resize_shortest": 256})
+    photo = seg_dir / "groceries.jpg"
+    record = swin_b.process_file(photo, "paper bag", tmp_path)
+    check_result_folder(tmp_path / "groceries", photo)
+    assert "swin_b" in record["models"]["seeder"]["name"]
+    assert 1 <= record["num_detections"] <= 2
