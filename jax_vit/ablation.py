@@ -364,17 +364,21 @@ def run_grid(grid: str, base: Config, dataset, out_dir: Path, *, epochs: int | N
             config = setting_config(base, setting, run_epochs, seed)
             config_key = json.dumps(config.to_dict(), sort_keys=True)
             if config_key in by_config:
+                source = by_config[config_key]
                 print(f"[{grid}] {setting.name} seed {seed}: same config as "
-                      f"[{by_config[config_key]['grid']}] {by_config[config_key]['setting']}, reusing it", flush=True)
-                result = {k: v for k, v in by_config[config_key].items() if k in _RESULT_KEYS}
+                      f"[{source['grid']}] {source['setting']}, reusing it", flush=True)
+                result = {k: v for k, v in source.items() if k in _RESULT_KEYS}
+                # The numbers belong to the command that trained them, not to the one that reuses them.
+                result["header"] = source.get("header", "")
+                result["reused_from"] = f"[{source['grid']}] {source['setting']}"
             else:
                 print(f"[{grid}] {setting.name} seed {seed}: training {run_epochs} epochs", flush=True)
-                result = train_fn(config, train, val, test)
+                result = {**train_fn(config, train, val, test), "header": header}
             changes = {k: v for k, v in config.to_dict().items() if getattr(base, k, None) != v}
             run = {"grid": grid, "setting": setting.name, "seed": seed, "epochs": run_epochs, "changes": changes,
                    "budget": f"{budget_minutes:g} min" if budget_minutes is not None else f"{epochs} epochs",
                    "dataset": dataset.name, "val_images": int(val_idx.size), "train_images": int(train_idx.size),
-                   "config": config.to_dict(), "header": header, **result}
+                   "config": config.to_dict(), **result}
             append_run(out_dir, run)
             by_config[config_key] = run
             write_reports(out_dir, load_runs(out_dir), header)

@@ -168,6 +168,22 @@ def test_results_md_names_every_command_that_filled_the_folder(tmp_path):
         ablation.UNRECORDED_HEADER, "Command: B."]
 
 
+def test_a_reused_run_keeps_the_command_that_trained_it(tmp_path):
+    data, trainer, base = _dataset(), FakeTrainer(), get_config("tiny")
+    ablation.run_grid("patch", base, data, tmp_path, epochs=1, seeds=[0], train_fn=trainer, header="Command: A.")
+    ablation.run_grid("regularise", base, data, tmp_path, epochs=1, seeds=[0], train_fn=trainer, header="Command: B.")
+    runs = {r["setting"]: r for r in ablation.load_runs(tmp_path)}
+    # "DropPath 0" is the base config, which the patch grid trained as "patch <base's patch size>".
+    trained_as = f"patch {base.patch_size}"
+    assert runs["DropPath 0"]["reused_from"] == f"[patch] {trained_as}"
+    assert runs["DropPath 0"]["header"] == runs[trained_as]["header"] == "Command: A."
+    assert runs["DropPath 0.1"]["header"] == "Command: B." and "reused_from" not in runs["DropPath 0.1"]
+    # A command that only reuses runs trained nothing and is not named.
+    ablation.run_grid("augment", base, data, tmp_path, epochs=1, seeds=[0], train_fn=trainer, header="Command: C.",
+                      settings=["crop+flip"])
+    assert "Command: C." not in (tmp_path / "results.md").read_text()
+
+
 def test_time_budget_gives_slower_settings_fewer_epochs(tmp_path):
     trainer = FakeTrainer()
     speed = lambda config, train: {2: 60.0, 4: 15.0, 8: 5.0}[config.patch_size]  # seconds per epoch
