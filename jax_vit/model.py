@@ -28,18 +28,30 @@ def compute_dtype(config: Config, platform: str | None = None) -> jnp.dtype:
     return jnp.dtype(jnp.float32 if platform == "cpu" else jnp.bfloat16)
 
 
-class DropPath(nnx.Module):
-    """Stochastic depth: drop a sample's whole residual branch with probability `rate`."""
+class _InvertedDrop(nnx.Module):
+    """Zero the elements a mask drops and scale the rest by 1/keep, so the expectation is unchanged."""
 
     def __init__(self, rate: float):
         self.rate = rate
 
+    def mask(self, key: jax.Array, x: jax.Array) -> tuple[jax.Array, float]:
+        raise NotImplementedError
+
     def __call__(self, x: jax.Array, *, train: bool, rngs: nnx.Rngs | None) -> jax.Array:
         if not train or self.rate == 0.0:
             return x
+        mask, keep = self.mask(rngs.dropout(), x)
+        return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
+
+
+class DropPath(_InvertedDrop):
+    """Stochastic depth: drop a sample's whole residual branch with probability `rate`."""
+
+    def mask(self, key, x):
+        # One draw per sample: jax.random.bernoulli's cost does not matter here, and it keeps recorded runs
+        # bit-reproducible.
         keep = 1.0 - self.rate
-        mask = jax.random.bernoulli(rngs.dropout(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+        return jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1)), keep
 
 
 def keep_mask(key: jax.Array, keep_prob: float, shape: tuple[int, ...]) -> tuple[jax.Array, float]:
@@ -58,17 +70,11 @@ def keep_mask(key: jax.Array, keep_prob: float, shape: tuple[int, ...]) -> tuple
     return halves < jnp.uint16(threshold), threshold / 65536
 
 
-class Dropout(nnx.Module):
+class Dropout(_InvertedDrop):
     """Inverted dropout with masks from `keep_mask` (nnx.Dropout draws a 32-bit word per element)."""
 
-    def __init__(self, rate: float):
-        self.rate = rate
-
-    def __call__(self, x: jax.Array, *, train: bool, rngs: nnx.Rngs | None) -> jax.Array:
-        if not train or self.rate == 0.0:
-            return x
-        mask, keep = keep_mask(rngs.dropout(), 1.0 - self.rate, x.shape)
-        return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
+    def mask(self, key, x):
+        return keep_mask(key, 1.0 - self.rate, x.shape)
 
 
 class MultiHeadSelfAttention(nnx.Module):
