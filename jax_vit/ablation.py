@@ -370,7 +370,7 @@ def run_grid(grid: str, base: Config, dataset, out_dir: Path, *, epochs: int | N
                 result = {k: v for k, v in source.items() if k in _RESULT_KEYS}
                 # The numbers belong to the command that trained them, not to the one that reuses them.
                 result["header"] = source.get("header", "")
-                result["reused_from"] = f"[{source['grid']}] {source['setting']}"
+                result["reused_from"] = source.get("reused_from") or f"[{source['grid']}] {source['setting']}"
             else:
                 print(f"[{grid}] {setting.name} seed {seed}: training {run_epochs} epochs", flush=True)
                 result = {**train_fn(config, train, val, test), "header": header}
