@@ -182,6 +182,8 @@ def test_a_reused_run_keeps_the_command_that_trained_it(tmp_path):
     ablation.run_grid("augment", base, data, tmp_path, epochs=1, seeds=[0], train_fn=trainer, header="Command: C.",
                       settings=["crop+flip"])
     assert "Command: C." not in (tmp_path / "results.md").read_text()
+    crop_flip = next(r for r in ablation.load_runs(tmp_path) if r["setting"] == "crop+flip")
+    assert crop_flip["reused_from"] == f"[patch] {trained_as}" and crop_flip["header"] == "Command: A."
 
 
 def test_time_budget_gives_slower_settings_fewer_epochs(tmp_path):
