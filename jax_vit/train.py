@@ -37,7 +37,11 @@ class TrainingError(RuntimeError):
 
 
 class LossDiverged(TrainingError):
-    pass
+    """`what` says where it diverged and which checkpoint is kept; the fix depends on the caller's options."""
+
+    def __init__(self, what: str, fix: str = "lower --set learning_rate or grad_clip_norm and --resume"):
+        super().__init__(f"{what}; {fix}")
+        self.what = what
 
 
 def configure_for_dataset(config: Config, dataset: Dataset) -> Config:
@@ -141,6 +145,12 @@ class EpochTracker:
         return self.read
 
 
+def _diverged(manager, what: str, epoch: int) -> LossDiverged:
+    kept = manager.latest_step()
+    where = f"step {kept}" if kept is not None else "none: it diverged in the first epoch"
+    return LossDiverged(f"{what} (epoch {epoch}); last good checkpoint kept ({where})")
+
+
 def _first_non_finite(rows: list[dict[str, float]]) -> int | None:
     for index, row in enumerate(rows):
         if not (math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])):
@@ -198,6 +208,8 @@ def train_and_evaluate(
         rows = [row for row in reporting.read_metrics(workdir) if row["epoch"] <= done]
         reporting.write_metrics(workdir, rows)
     start_epoch = int(jax.device_get(state.step)) // steps_per_epoch
+    if start_epoch:
+        tqdm.write(f"resuming after epoch {start_epoch} of {config.epochs} from {checkpoints.checkpoint_dir(workdir)}")
 
     train_images = replicate_on_mesh(mesh, dataset.train_images)
     train_labels = replicate_on_mesh(mesh, dataset.train_labels)
@@ -229,11 +241,7 @@ def train_and_evaluate(
         seen = tracker.flush()
         bad = _first_non_finite(seen)
         if bad is not None:
-            step = (epoch - 1) * steps_per_epoch + bad + 1
-            kept = manager.latest_step()
-            where = f"step {kept}" if kept is not None else "none: it diverged in the first epoch"
-            raise LossDiverged(f"loss became NaN/inf at step {step} (epoch {epoch}); last good checkpoint kept "
-                               f"({where}); lower --set learning_rate or grad_clip_norm and --resume")
+            raise _diverged(manager, f"loss became NaN/inf at step {(epoch - 1) * steps_per_epoch + bad + 1}", epoch)
         jax.block_until_ready(state)
         epoch_seconds = time.time() - epoch_start
 
@@ -251,6 +259,11 @@ def train_and_evaluate(
         if state.ema_params is not None:
             row["ema_test_loss"], row["ema_test_acc"], _ = evaluate(
                 eval_step, state.ema_params, test_batches, len(dataset.test_labels))
+        # The epoch's last update is not covered by any step's loss: weights it broke show here, before they
+        # could be checkpointed as good.
+        if not all(math.isfinite(row[k]) for k in ("test_loss", "ema_test_loss") if k in row):
+            raise _diverged(manager, f"the weights after step {epoch * steps_per_epoch} give a NaN/inf {eval_name} "
+                                     f"loss", epoch)
         # The epoch's line goes first: a kill between the two then leaves a line without its checkpoint,
         # which resuming drops, and never a checkpoint whose line would be missing from metrics.jsonl.
         rows.append(row)

@@ -311,9 +311,24 @@ def test_a_loss_that_turns_nan_stops_keeps_the_last_good_checkpoint_and_names_th
                             "--set", "min_learning_rate=1e30")
     assert code == 2 and len(errors) == 1
     assert "loss became NaN/inf at step" in errors[0] and "(epoch 2)" in errors[0] and "step 5)" in errors[0]
+    assert errors[0].endswith("lower --set learning_rate or grad_clip_norm and --resume")
     manager = checkpoints.make_manager(workdir, read_only=True)
     assert manager.all_steps() == [5]
     assert [json.loads(line)["epoch"] for line in (workdir / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_weights_broken_by_an_epochs_last_update_are_never_checkpointed(capsys, tmp_path, small_cifar_dir):
+    """No step's loss covers the epoch's last update: with the cosine phase from step 3 of 5, epoch 1's last
+    updates leave huge weights whose every step loss was finite; they must not be saved as a good checkpoint."""
+    workdir = tmp_path / "run"
+    code, errors = _run_cli(capsys, "train", "--data-dir", small_cifar_dir, "--workdir", workdir, "--no-progress",
+                            "--epochs", "3", "--batch-size", "64", "--set", "depth=1", "--set", "warmup_epochs=0.6",
+                            "--set", "min_learning_rate=1e30")
+    assert code == 2 and len(errors) == 1
+    assert errors[0].startswith("error: the weights after step 5 give a NaN/inf test loss (epoch 1); last good "
+                                "checkpoint kept (none: it diverged in the first epoch)"), errors[0]
+    assert checkpoints.make_manager(workdir, read_only=True).all_steps() == []
+    assert (workdir / "metrics.jsonl").read_text() == ""
 
 
 def test_evaluate_without_a_run_exits_with_one_line(capsys, tmp_path):
