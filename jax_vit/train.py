@@ -39,7 +39,9 @@ class TrainingError(RuntimeError):
 class LossDiverged(TrainingError):
     """`what` says where it diverged and which checkpoint is kept; the fix depends on the caller's options."""
 
-    def __init__(self, what: str, fix: str = "lower --set learning_rate or grad_clip_norm and --resume"):
+    # Not --resume: the run resumes only with its own settings, and those repeat the same steps exactly.
+    def __init__(self, what: str, fix: str = "lower --set learning_rate or grad_clip_norm and train again in a new "
+                                             "--workdir"):
         super().__init__(f"{what}; {fix}")
         self.what = what
 

@@ -311,7 +311,7 @@ def test_a_loss_that_turns_nan_stops_keeps_the_last_good_checkpoint_and_names_th
                             "--set", "min_learning_rate=1e30")
     assert code == 2 and len(errors) == 1
     assert "loss became NaN/inf at step" in errors[0] and "(epoch 2)" in errors[0] and "step 5)" in errors[0]
-    assert errors[0].endswith("lower --set learning_rate or grad_clip_norm and --resume")
+    assert errors[0].endswith("lower --set learning_rate or grad_clip_norm and train again in a new --workdir")
     manager = checkpoints.make_manager(workdir, read_only=True)
     assert manager.all_steps() == [5]
     assert [json.loads(line)["epoch"] for line in (workdir / "metrics.jsonl").read_text().splitlines()] == [1]
