@@ -7,16 +7,21 @@ carved from the training images, the same split for every run; the test images a
 end, for the report.
 
 Each finished run is appended to `runs.jsonl` in the output folder (so an interrupted grid resumes where it
-stopped), and after every run `results.csv`, `results.md` and `accuracy.png` are rewritten from it.
+stopped), and after every run `results.csv`, `results.md` and `accuracy.png` are rewritten from it. The run in
+training keeps its checkpoints in `OUT/in-progress/`, so an interrupted run continues from its last finished
+epoch instead of starting again (on a CPU one run can take hours); the folder goes once the run is recorded.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -306,12 +311,45 @@ def select_settings(grid: str, grid_settings: list[Setting], names: list[str] | 
     return [setting for setting in grid_settings if setting.name in names]
 
 
-# train_fn(config, train, val, test) -> {"params": int, "train_seconds": float, "history": [{"epoch",
+# train_fn(config, train, val, test, workdir) -> {"params": int, "train_seconds": float, "history": [{"epoch",
 # "val_accuracy", "val_accuracy_ema"}...], "test_accuracy": float, "test_accuracy_ema": float | None};
-# train/val/test are (uint8 images, int labels) pairs.
-TrainFn = Callable[[Config, tuple, tuple, tuple], dict]
+# train/val/test are (uint8 images, int labels) pairs; workdir holds the run's checkpoints and `run.json`
+# (its config) while it trains, and resumes an interrupted run of the same config.
+TrainFn = Callable[[Config, tuple, tuple, tuple, Path], dict]
 _RESULT_KEYS = ("params", "train_seconds", "history", "val_accuracy", "val_accuracy_ema", "test_accuracy",
                 "test_accuracy_ema")
+
+
+IN_PROGRESS = "in-progress"
+
+
+def in_progress_dir(out_dir: Path, grid: str, setting: str, seed: int) -> Path:
+    """Where the run (grid, setting, seed) keeps its checkpoints until it is recorded in runs.jsonl."""
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{grid} {setting} seed {seed}").strip("-")
+    return Path(out_dir) / IN_PROGRESS / slug
+
+
+def interrupted_config(workdir: Path) -> dict | None:
+    """The config of the interrupted run in `workdir` (from the trainer's run.json), None if there is none."""
+    record = workdir / "run.json"
+    return json.loads(record.read_text())["config"] if record.exists() else None
+
+
+def _check_resumable(workdir: Path, config: Config, run_name: str) -> None:
+    before, now = interrupted_config(workdir), json.loads(json.dumps(config.to_dict()))
+    if before is None or before == now:
+        return
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
+    raise AblationError(f"{workdir} holds an interrupted run of {run_name} with other settings ({details}); rerun "
+                        f"with the original options to finish it, or delete that folder to train it afresh")
+
+
+def _finish(workdir: Path) -> None:
+    """The run is recorded: its checkpoints go, and the in-progress folder with its last run."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        workdir.parent.rmdir()  # only when empty
 
 
 def run_grid(grid: str, base: Config, dataset, out_dir: Path, *, epochs: int | None = None,
@@ -325,7 +363,8 @@ def run_grid(grid: str, base: Config, dataset, out_dir: Path, *, epochs: int | N
 
     The budget is either `epochs` (the same for every setting: fair on a shared, noisy machine) or
     `budget_minutes` of training per run, turned into each setting's epoch count from its measured speed
-    (so a setting that is twice as slow gets half the epochs; the schedule still completes).
+    (so a setting that is twice as slow gets half the epochs; the schedule still completes). A run
+    interrupted part-way continues from its last checkpoint, with the epochs it started with.
     """
     if grid not in GRIDS:
         raise AblationError(f"unknown grid {grid!r}; choose one of: {', '.join(GRIDS)}")
@@ -355,7 +394,12 @@ def run_grid(grid: str, base: Config, dataset, out_dir: Path, *, epochs: int | N
         if all((grid, setting.name, seed) in done for seed in seeds):
             continue
         run_epochs = epochs
-        if budget_minutes is not None:
+        # An interrupted run keeps the epochs its budget was converted to; measuring again would change them.
+        started = [c for c in (interrupted_config(in_progress_dir(out_dir, grid, setting.name, s)) for s in seeds)
+                   if c is not None]
+        if budget_minutes is not None and started:
+            run_epochs = started[0]["epochs"]
+        elif budget_minutes is not None:
             per_epoch = epoch_seconds_fn(setting_config(base, setting, 1, seeds[0]), train)
             run_epochs = max(1, int(budget_minutes * 60 // per_epoch))
         for seed in seeds:
@@ -372,14 +416,17 @@ def run_grid(grid: str, base: Config, dataset, out_dir: Path, *, epochs: int | N
                 result["header"] = source.get("header", "")
                 result["reused_from"] = source.get("reused_from") or f"[{source['grid']}] {source['setting']}"
             else:
+                workdir = in_progress_dir(out_dir, grid, setting.name, seed)
+                _check_resumable(workdir, config, f"[{grid}] {setting.name} seed {seed}")
                 print(f"[{grid}] {setting.name} seed {seed}: training {run_epochs} epochs", flush=True)
-                result = {**train_fn(config, train, val, test), "header": header}
+                result = {**train_fn(config, train, val, test, workdir), "header": header}
             changes = {k: v for k, v in config.to_dict().items() if getattr(base, k, None) != v}
             run = {"grid": grid, "setting": setting.name, "seed": seed, "epochs": run_epochs, "changes": changes,
                    "budget": f"{budget_minutes:g} min" if budget_minutes is not None else f"{epochs} epochs",
                    "dataset": dataset.name, "val_images": int(val_idx.size), "train_images": int(train_idx.size),
                    "config": config.to_dict(), **result}
             append_run(out_dir, run)
+            _finish(in_progress_dir(out_dir, grid, setting.name, seed))
             by_config[config_key] = run
             write_reports(out_dir, load_runs(out_dir), header)
     runs = load_runs(out_dir)

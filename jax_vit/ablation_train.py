@@ -3,20 +3,23 @@
 The trainer scores its dataset's test split every epoch; here that split is the validation images carved
 from the training set, so every per-epoch number a setting is chosen by comes from training images. The
 real test images are scored once, on the final weights restored from the run's last checkpoint.
-Runs use one device, so runs on a shared CPU stay comparable.
+Runs use one device, so runs on a shared CPU stay comparable. The run's folder is the runner's (it resumes an
+interrupted run of the same config, and the runner deletes it once the run is recorded).
 """
 from __future__ import annotations
 
-import tempfile
 import time
+from pathlib import Path
 
 import jax
 
 from jax_vit import checkpoints, reporting
+from jax_vit.ablation import AblationError
 from jax_vit.configs import Config
 from jax_vit.data import Dataset
 from jax_vit.model import count_params
-from jax_vit.train import configure_for_dataset, evaluate, padded_eval_batches, train_and_evaluate
+from jax_vit.train import (LossDiverged, TrainingError, configure_for_dataset, evaluate, padded_eval_batches,
+                           train_and_evaluate)
 from jax_vit.train_step import create_train_state, make_eval_step, make_mesh, make_recipe, make_train_step, shard_batch
 
 
@@ -28,19 +31,26 @@ def _as_dataset(config: Config, train: tuple, evaluation: tuple) -> Dataset:
     )
 
 
-def train_and_score(config: Config, train: tuple, val: tuple, test: tuple) -> dict:
-    """Train `config` on `train`, validation accuracy per epoch, test accuracy of the final weights."""
+def train_and_score(config: Config, train: tuple, val: tuple, test: tuple, workdir: Path) -> dict:
+    """Train `config` on `train` in `workdir` (continuing an interrupted run there), validation accuracy per
+    epoch, test accuracy of the final weights."""
     devices = jax.local_devices()[:1]
     split = _as_dataset(config, train, val)
-    with tempfile.TemporaryDirectory(prefix="ablation-run-") as workdir:
-        train_and_evaluate(config, split, workdir, devices=devices, progress=False, eval_name="val")
-        rows = reporting.read_metrics(workdir)
-        config = configure_for_dataset(config, split)
-        mesh = make_mesh(devices)
-        recipe = make_recipe(config, len(train[0]) // config.batch_size)
-        manager = checkpoints.make_manager(workdir, read_only=True)
-        state = checkpoints.restore(manager, recipe, mesh, "latest")
-        manager.close()
+    try:
+        train_and_evaluate(config, split, workdir, resume=True, devices=devices, progress=False, eval_name="val")
+    except LossDiverged as error:
+        # Its checkpoints stay in `workdir`; a lower learning rate is a new config, hence a new --out.
+        raise AblationError(f"{error.what}; lower the base learning rate (--set learning_rate=...) and give a new "
+                            f"--out") from None
+    except TrainingError as error:
+        raise AblationError(str(error)) from None
+    rows = reporting.read_metrics(workdir)
+    config = configure_for_dataset(config, split)
+    mesh = make_mesh(devices)
+    recipe = make_recipe(config, len(train[0]) // config.batch_size)
+    manager = checkpoints.make_manager(workdir, read_only=True)
+    state = checkpoints.restore(manager, recipe, mesh, "latest")
+    manager.close()
     eval_step = make_eval_step(recipe, mesh)
     test_batches = padded_eval_batches(mesh, test[0], test[1], config.batch_size)
     test_acc = evaluate(eval_step, state.params, test_batches, len(test[1]))[1]

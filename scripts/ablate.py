@@ -81,6 +81,10 @@ def main(argv=None) -> int:
     except (AblationError, ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; the same command continues: finished runs are kept in {args.out}/runs.jsonl and the "
+              f"interrupted one resumes from its last epoch", file=sys.stderr)
+        return 130
     print(f"wrote {args.out}/results.csv, results.md, accuracy.png")
     return 0
 

@@ -36,7 +36,7 @@ class FakeTrainer:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, config, train, val, test):
+    def __call__(self, config, train, val, test, workdir):
         self.calls.append((config, train, val, test))
         acc = 0.5 + 0.01 * config.patch_size + 0.001 * config.seed
         history = [{"epoch": e, "train_seconds": float(e), "val_accuracy": acc * e / config.epochs,
@@ -194,6 +194,105 @@ def test_time_budget_gives_slower_settings_fewer_epochs(tmp_path):
     assert {c.patch_size: c.epochs for c, *_ in trainer.calls} == {2: 1, 4: 4, 8: 12}
 
 
+class Crash(Exception):
+    pass
+
+
+class CrashingTrainer(FakeTrainer):
+    """Starts its run the way the real trainer does (run.json with the config in the run's folder), then dies."""
+
+    def __call__(self, config, train, val, test, workdir):
+        workdir.mkdir(parents=True)
+        (workdir / "run.json").write_text(json.dumps({"config": config.to_dict()}))
+        raise Crash
+
+
+def test_an_interrupted_time_budget_run_keeps_its_epochs_and_its_folder_goes_once_recorded(tmp_path):
+    data, base = _dataset(), get_config("tiny")
+    with pytest.raises(Crash):
+        ablation.run_grid("patch", base, data, tmp_path, budget_minutes=1.0, seeds=[0], settings=["patch 8"],
+                          train_fn=CrashingTrainer(), epoch_seconds_fn=lambda config, train: 5.0)
+    workdir = ablation.in_progress_dir(tmp_path, "patch", "patch 8", 0)
+    assert ablation.interrupted_config(workdir)["epochs"] == 12 and ablation.load_runs(tmp_path) == []
+    # Measured again the speed would give 6 epochs; the interrupted run must finish the 12 it started with.
+    trainer = FakeTrainer()
+    ablation.run_grid("patch", base, data, tmp_path, budget_minutes=1.0, seeds=[0], settings=["patch 8"],
+                      train_fn=trainer, epoch_seconds_fn=lambda config, train: 10.0)
+    assert [c.epochs for c, *_ in trainer.calls] == [12]
+    assert [r["epochs"] for r in ablation.load_runs(tmp_path)] == [12]
+    assert not (tmp_path / ablation.IN_PROGRESS).exists()
+
+
+def test_an_interrupted_run_with_other_settings_is_refused_not_overwritten(tmp_path):
+    data, base = _dataset(), get_config("tiny")
+    with pytest.raises(Crash):
+        ablation.run_grid("patch", base, data, tmp_path, epochs=2, seeds=[0], train_fn=CrashingTrainer())
+    workdir = ablation.in_progress_dir(tmp_path, "patch", "patch 2", 0)
+    with pytest.raises(ablation.AblationError, match=r"holds an interrupted run of \[patch\] patch 2 seed 0 .*"
+                                                     r"learning_rate: 0.002 -> 0.001.*delete that folder"):
+        ablation.run_grid("patch", base.replace(learning_rate=1e-3), data, tmp_path, epochs=2, seeds=[0],
+                          train_fn=FakeTrainer())
+    assert ablation.interrupted_config(workdir)["learning_rate"] == 0.002
+
+
+def test_an_interrupted_grid_resumes_its_run_to_the_uninterrupted_result(cifar10_sample_dir, tmp_path, monkeypatch,
+                                                                        capsys):
+    """Real training on real images: a run killed after epoch 2 of 3 continues from its checkpoint."""
+    from jax_vit import ablation_train
+    from jax_vit.data import load_dataset
+
+    full = load_dataset("cifar10", cifar10_sample_dir)
+    data = dataclasses.replace(full, train_images=full.train_images[:400], train_labels=full.train_labels[:400],
+                               test_images=full.test_images[:100], test_labels=full.test_labels[:100])
+    # DropPath, EMA and augmentation on, so resuming must restore every random stream and the EMA.
+    base = get_config("tiny", {"depth": 1, "batch_size": 64, "drop_path_rate": 0.1, "ema_decay": 0.9})
+    grid = dict(epochs=3, seeds=[0], settings=["patch 8"])
+    whole = ablation.run_grid("patch", base, data, tmp_path / "whole", **grid)
+
+    train_and_evaluate = ablation_train.train_and_evaluate
+
+    def killed_after_epoch_2(*args, **kwargs):
+        def crash(epoch, row):
+            if epoch == 2:
+                raise Crash
+        return train_and_evaluate(*args, **kwargs, on_epoch_end=crash)
+
+    monkeypatch.setattr(ablation_train, "train_and_evaluate", killed_after_epoch_2)
+    with pytest.raises(Crash):
+        ablation.run_grid("patch", base, data, tmp_path / "split", **grid)
+    monkeypatch.setattr(ablation_train, "train_and_evaluate", train_and_evaluate)
+    capsys.readouterr()
+    split = ablation.run_grid("patch", base, data, tmp_path / "split", **grid)
+    log = capsys.readouterr()
+    log = log.out + log.err
+    assert "resuming after epoch 2 of 3" in log and "epoch 1/3" not in log and "epoch 3/3" in log, log
+    [a], [b] = whole, split
+    assert [e["epoch"] for e in b["history"]] == [1, 2, 3]
+    for key in ("val_accuracy", "val_accuracy_ema", "train_loss"):
+        assert [e[key] for e in a["history"]] == pytest.approx([e[key] for e in b["history"]], abs=1e-6), key
+    for key in ("val_accuracy", "val_accuracy_ema", "test_accuracy", "test_accuracy_ema"):
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    assert not (tmp_path / "split" / ablation.IN_PROGRESS).exists()
+
+
+def test_a_diverged_run_names_the_ablation_fix_and_keeps_its_last_good_checkpoint(cifar10_sample_dir, tmp_path):
+    from jax_vit.data import load_dataset
+
+    full = load_dataset("cifar10", cifar10_sample_dir)
+    data = dataclasses.replace(full, train_images=full.train_images[:400], train_labels=full.train_labels[:400],
+                               test_images=full.test_images[:100], test_labels=full.test_labels[:100])
+    # A learning-rate "floor" of 1e30 blows the cosine phase up for real after the 1-epoch warm-up.
+    base = get_config("tiny", {"depth": 1, "batch_size": 64, "min_learning_rate": 1e30})
+    with pytest.raises(ablation.AblationError) as error:
+        ablation.run_grid("patch", base, data, tmp_path, epochs=5, seeds=[0], settings=["patch 8"])
+    message = str(error.value)
+    assert message.startswith("loss became NaN/inf at step") and "(epoch 2)" in message, message
+    assert message.endswith("kept (step 5); lower the base learning rate (--set learning_rate=...) and give a new --out")
+    assert "--resume" not in message, "ablate.py has no --resume"
+    workdir = ablation.in_progress_dir(tmp_path, "patch", "patch 8", 0)
+    assert [p.name for p in (workdir / "checkpoints").iterdir()] == ["5"], "the last good checkpoint is kept"
+
+
 def test_epoch_time_for_a_time_budget_leaves_the_slow_first_steps_untimed(monkeypatch):
     """The compile and the first steps after it are slow; only the steps after them are timed."""
     from jax_vit import ablation_train
@@ -235,3 +334,23 @@ def test_cli_reports_user_errors_in_one_line(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_names_how_to_continue_an_interrupted_grid(cifar10_sample_dir, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("script_ablate", ROOT / "scripts" / "ablate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(script, "run_grid", interrupted)
+    out = tmp_path / "out"
+    code = script.main(["--grid", "patch", "--data-dir", str(cifar10_sample_dir), "--epochs", "1", "--out", str(out)])
+    assert code == 130
+    assert capsys.readouterr().err.strip() == (
+        f"interrupted; the same command continues: finished runs are kept in {out}/runs.jsonl and the "
+        f"interrupted one resumes from its last epoch")
+
