@@ -406,6 +406,7 @@ def run_grid(grid: str, base: Config, dataset, out_dir: Path, *, epochs: int | N
             if (grid, setting.name, seed) in done:
                 continue
             config = setting_config(base, setting, run_epochs, seed)
+            workdir = in_progress_dir(out_dir, grid, setting.name, seed)
             config_key = json.dumps(config.to_dict(), sort_keys=True)
             if config_key in by_config:
                 source = by_config[config_key]
@@ -416,7 +417,6 @@ def run_grid(grid: str, base: Config, dataset, out_dir: Path, *, epochs: int | N
                 result["header"] = source.get("header", "")
                 result["reused_from"] = source.get("reused_from") or f"[{source['grid']}] {source['setting']}"
             else:
-                workdir = in_progress_dir(out_dir, grid, setting.name, seed)
                 _check_resumable(workdir, config, f"[{grid}] {setting.name} seed {seed}")
                 print(f"[{grid}] {setting.name} seed {seed}: training {run_epochs} epochs", flush=True)
                 result = {**train_fn(config, train, val, test, workdir), "header": header}
@@ -426,7 +426,7 @@ def run_grid(grid: str, base: Config, dataset, out_dir: Path, *, epochs: int | N
                    "dataset": dataset.name, "val_images": int(val_idx.size), "train_images": int(train_idx.size),
                    "config": config.to_dict(), **result}
             append_run(out_dir, run)
-            _finish(in_progress_dir(out_dir, grid, setting.name, seed))
+            _finish(workdir)
             by_config[config_key] = run
             write_reports(out_dir, load_runs(out_dir), header)
     runs = load_runs(out_dir)
