@@ -3,8 +3,8 @@
 `train_and_evaluate(config, dataset, workdir)` is the whole run; `scripts/train.py` only parses options.
 Per epoch: a fixed-seed permutation of the training set (so a resumed run sees the same order), the
 jit-compiled data-parallel step from `jax_vit.train_step`, a full test-set evaluation (raw and, if on, EMA
-weights), a line in `metrics.jsonl`, then a checkpoint (the state is checked finite first: a diverged run
-never overwrites a good one). A resumed run drops lines newer than its checkpoint.
+weights), a line in `metrics.jsonl`, then a checkpoint (every step's loss and the epoch's test loss are
+checked finite first: a diverged run never overwrites a good one). A resumed run drops lines newer than its checkpoint.
 """
 from __future__ import annotations
 
@@ -37,12 +37,11 @@ class TrainingError(RuntimeError):
 
 
 class LossDiverged(TrainingError):
-    """`what` says where it diverged and which checkpoint is kept; the fix depends on the caller's options."""
+    """`what` says where it diverged and which checkpoint is kept; the message adds train.py's fix (the ablation
+    runner gives its own). Not --resume: a run resumes only with its own settings, which repeat the same steps."""
 
-    # Not --resume: the run resumes only with its own settings, and those repeat the same steps exactly.
-    def __init__(self, what: str, fix: str = "lower --set learning_rate or grad_clip_norm and train again in a new "
-                                             "--workdir"):
-        super().__init__(f"{what}; {fix}")
+    def __init__(self, what: str):
+        super().__init__(f"{what}; lower --set learning_rate or grad_clip_norm and train again in a new --workdir")
         self.what = what
 
 
