@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from jax_vit.configs import PRESETS, Config
+from jax_vit.configs import PRESETS, Config, config_changes
 
 # What a recipe preset takes from the base in the `best` grid: the data and the model size (only the recipe
 # is compared). The dataset matters beyond the model: it picks the normalisation statistics.
@@ -336,11 +336,10 @@ def interrupted_config(workdir: Path) -> dict | None:
 
 
 def _check_resumable(workdir: Path, config: Config, run_name: str) -> None:
-    before, now = interrupted_config(workdir), json.loads(json.dumps(config.to_dict()))
-    if before is None or before == now:
+    before = interrupted_config(workdir)
+    details = config_changes(before, json.loads(json.dumps(config.to_dict()))) if before is not None else ""
+    if not details:
         return
-    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-    details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
     raise AblationError(f"{workdir} holds an interrupted run of {run_name} with other settings ({details}); rerun "
                         f"with the original options to finish it, or delete that folder to train it afresh")
 

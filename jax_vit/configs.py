@@ -147,3 +147,11 @@ def get_config(preset: str, overrides: dict[str, Any] | None = None) -> Config:
     if config.width % config.num_heads:
         raise ConfigError(f"width {config.width} is not divisible by num_heads {config.num_heads}")
     return config
+
+
+def config_changes(before: dict[str, Any], after: dict[str, Any], limit: int = 4) -> str:
+    """The fields two config dicts differ in, as "key: old -> new" (the first `limit`); "" when equal.
+    For a run that is to be continued with the settings it started with."""
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    return ", ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed[:limit])
+

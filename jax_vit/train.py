@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from jax_vit import checkpoints, reporting
 from jax_vit.allocator import active_allocator
-from jax_vit.configs import Config
+from jax_vit.configs import Config, config_changes
 from jax_vit.data import Dataset
 from jax_vit.train_step import (DATA_AXIS, Recipe, make_eval_step, make_mesh, make_recipe, make_train_step,
                                 create_train_state, replicate_on_mesh, shard_batch)
@@ -70,10 +70,8 @@ def prepare_workdir(workdir: Path, run_record: dict[str, Any], *, resume: bool, 
         if not previous.exists():
             raise TrainingError(f"workdir {workdir} holds run files but no run.json; use --overwrite or a new --workdir")
         before = reporting.read_json(previous)["config"]
-        changed = sorted(k for k in set(before) | set(run_record["config"])
-                         if before.get(k) != run_record["config"].get(k))
-        if changed:
-            details = ", ".join(f"{k}: {before.get(k)!r} -> {run_record['config'].get(k)!r}" for k in changed[:4])
+        details = config_changes(before, run_record["config"])
+        if details:
             raise TrainingError(f"--resume with different settings ({details}); resume with the original options "
                                 f"or start a new --workdir")
         return True
