@@ -2,7 +2,7 @@
 # Creates the project's virtual environment in .venv and installs everything into it.
 #   bash scripts/setup.sh        CPU (development, CI, laptops)
 #   bash scripts/setup.sh gpu    CUDA 12 machine or Colab GPU runtime (requirements-gpu.txt)
-#   bash scripts/setup.sh tpu    Colab TPU runtime (the GPU set, then jax with libtpu instead of the CUDA plugin)
+#   bash scripts/setup.sh tpu    Colab TPU runtime (the CPU set, then jax with libtpu; no CUDA on a TPU VM)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${1:-cpu}
@@ -10,10 +10,16 @@ python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 case "$target" in
-  cpu) req=requirements.txt ;;
-  gpu|tpu) req=requirements-gpu.txt ;;
+  cpu|tpu) req=requirements.txt ;;
+  gpu) req=requirements-gpu.txt ;;
   *) echo "usage: bash scripts/setup.sh [cpu|gpu|tpu]" >&2; exit 2 ;;
 esac
+if [ "$target" != gpu ]; then
+  # PyPI's torch 2.13.0 for Linux is a CUDA 13 build that pulls about 2.2 GB of CUDA wheels: take the CPU
+  # build from the PyTorch index first. --retries 0: where that index is out of reach (CI), pip moves on
+  # at once to PyPI and local wheels instead of retrying it for every package.
+  "${pip[@]}" --retries 0 --extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0 torchvision==0.28.0
+fi
 "${pip[@]}" -r "$req"
 # sam2 is an sdist whose build needs torch: without --no-build-isolation pip builds it against a fresh
 # (CUDA) torch download. SAM2_BUILD_CUDA=0 skips its optional CUDA extension (only hole filling uses it).
