@@ -26,11 +26,14 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Write into a temporary sibling, then rename: readers never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
-    with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(data)
-        temporary = f.name
-    os.replace(temporary, path)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(temporary, path)
+    except BaseException:  # a full disk or Ctrl-C leaves neither half a file nor a stray temporary
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: str | Path, record: dict[str, Any]) -> None:

@@ -331,6 +331,18 @@ def test_weights_broken_by_an_epochs_last_update_are_never_checkpointed(capsys, 
     assert (workdir / "metrics.jsonl").read_text() == ""
 
 
+def test_a_write_that_fails_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    from jax_vit import reporting
+
+    target = tmp_path / "summary.json"
+    reporting.write_atomic(target, "old ± 1\n")
+    monkeypatch.setattr(reporting.os, "replace", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        reporting.write_atomic(target, b"new")
+    assert target.read_text(encoding="utf-8") == "old ± 1\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
 def test_evaluate_without_a_run_exits_with_one_line(capsys, tmp_path):
     code, errors = _run_cli(capsys, "evaluate", "--workdir", tmp_path)
     assert code == 2 and len(errors) == 1 and "run.json missing" in errors[0]

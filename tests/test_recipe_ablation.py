@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_vit import ablation
+from jax_vit import ablation, ablation_report
 from jax_vit.configs import PRESETS, get_config
 from jax_vit.data import Dataset
 from jax_vit.model import VisionTransformer, count_params
@@ -135,7 +135,7 @@ def test_run_grid_resumes_and_trains_an_identical_config_only_once(tmp_path):
     # "DropPath 0" on tiny is exactly "patch 4": reused, not retrained.
     ablation.run_grid("regularise", base, data, tmp_path, epochs=1, seeds=[0], train_fn=trainer)
     assert len(trainer.calls) == 6
-    runs = ablation.load_runs(tmp_path)
+    runs = ablation_report.load_runs(tmp_path)
     reused = next(r for r in runs if r["setting"] == "DropPath 0")
     assert reused["val_accuracy"] == next(r for r in runs if r["setting"] == "patch 4")["val_accuracy"]
 
@@ -163,16 +163,16 @@ def test_results_md_names_every_command_that_filled_the_folder(tmp_path):
     # A resume that trains nothing adds no command; runs recorded without one are flagged, not misattributed.
     ablation.run_grid("patch", base, data, tmp_path, epochs=1, seeds=[0, 1], train_fn=trainer, header="Command: C.")
     assert "Command: C." not in (tmp_path / "results.md").read_text()
-    old = [{k: v for k, v in run.items() if k != "header"} for run in ablation.load_runs(tmp_path)[:3]]
-    assert ablation.command_headers(old + ablation.load_runs(tmp_path)[3:]) == [
-        ablation.UNRECORDED_HEADER, "Command: B."]
+    old = [{k: v for k, v in run.items() if k != "header"} for run in ablation_report.load_runs(tmp_path)[:3]]
+    assert ablation_report.command_headers(old + ablation_report.load_runs(tmp_path)[3:]) == [
+        ablation_report.UNRECORDED_HEADER, "Command: B."]
 
 
 def test_a_reused_run_keeps_the_command_that_trained_it(tmp_path):
     data, trainer, base = _dataset(), FakeTrainer(), get_config("tiny")
     ablation.run_grid("patch", base, data, tmp_path, epochs=1, seeds=[0], train_fn=trainer, header="Command: A.")
     ablation.run_grid("regularise", base, data, tmp_path, epochs=1, seeds=[0], train_fn=trainer, header="Command: B.")
-    runs = {r["setting"]: r for r in ablation.load_runs(tmp_path)}
+    runs = {r["setting"]: r for r in ablation_report.load_runs(tmp_path)}
     # "DropPath 0" is the base config, which the patch grid trained as "patch <base's patch size>".
     trained_as = f"patch {base.patch_size}"
     assert runs["DropPath 0"]["reused_from"] == f"[patch] {trained_as}"
@@ -182,7 +182,7 @@ def test_a_reused_run_keeps_the_command_that_trained_it(tmp_path):
     ablation.run_grid("augment", base, data, tmp_path, epochs=1, seeds=[0], train_fn=trainer, header="Command: C.",
                       settings=["crop+flip"])
     assert "Command: C." not in (tmp_path / "results.md").read_text()
-    crop_flip = next(r for r in ablation.load_runs(tmp_path) if r["setting"] == "crop+flip")
+    crop_flip = next(r for r in ablation_report.load_runs(tmp_path) if r["setting"] == "crop+flip")
     assert crop_flip["reused_from"] == f"[patch] {trained_as}" and crop_flip["header"] == "Command: A."
 
 
@@ -213,13 +213,13 @@ def test_an_interrupted_time_budget_run_keeps_its_epochs_and_its_folder_goes_onc
         ablation.run_grid("patch", base, data, tmp_path, budget_minutes=1.0, seeds=[0], settings=["patch 8"],
                           train_fn=CrashingTrainer(), epoch_seconds_fn=lambda config, train: 5.0)
     workdir = ablation.in_progress_dir(tmp_path, "patch", "patch 8", 0)
-    assert ablation.interrupted_config(workdir)["epochs"] == 12 and ablation.load_runs(tmp_path) == []
+    assert ablation.interrupted_config(workdir)["epochs"] == 12 and ablation_report.load_runs(tmp_path) == []
     # Measured again the speed would give 6 epochs; the interrupted run must finish the 12 it started with.
     trainer = FakeTrainer()
     ablation.run_grid("patch", base, data, tmp_path, budget_minutes=1.0, seeds=[0], settings=["patch 8"],
                       train_fn=trainer, epoch_seconds_fn=lambda config, train: 10.0)
     assert [c.epochs for c, *_ in trainer.calls] == [12]
-    assert [r["epochs"] for r in ablation.load_runs(tmp_path)] == [12]
+    assert [r["epochs"] for r in ablation_report.load_runs(tmp_path)] == [12]
     assert not (tmp_path / ablation.IN_PROGRESS).exists()
 
 
