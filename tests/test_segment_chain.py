@@ -171,6 +171,27 @@ def test_missing_checkpoint_is_never_a_silent_random_fallback(tmp_path):
         TextSegmenter(sam2_checkpoint=tmp_path / "absent.pt", device="cpu")
 
 
+@pytest.mark.parametrize("content", ["html", "other model", "truncated"])
+def test_a_file_that_is_not_a_sam2_checkpoint_is_one_line_naming_the_fix(tmp_path, content):
+    import torch
+
+    from torch_seg.sam import build_sam2_model
+    from torch_seg.sam_video import build_video_predictor
+
+    path = tmp_path / "sam2.1_hiera_tiny.pt"
+    if content == "html":  # what a failed download through a proxy saves
+        path.write_text("<html><body>404 Not Found</body></html>")
+    elif content == "other model":  # e.g. the GroundingDINO checkpoint given to --sam2-checkpoint
+        torch.save({"model": {"backbone.weight": torch.zeros(2)}}, path)
+    else:
+        torch.save({"model": {"w": torch.zeros(1000)}}, path)
+        path.write_bytes(path.read_bytes()[:300])
+    for build in (build_sam2_model, build_video_predictor):
+        with pytest.raises(UserError, match="is not a SAM 2.1 tiny checkpoint.*re-download it") as error:
+            build("tiny", checkpoint=path)
+        assert "\n" not in str(error.value)
+
+
 def test_swin_b_backbone_runs_the_chain(small_text_encoder, seg_dir, tmp_path):
     # The README offers --gdino-model swin_b: its real architecture (233M parameters) must build and segment.
     swin_b = TextSegmenter(seeder="gdino", gdino_model="swin_b", sam2_model="tiny", text_encoder=small_text_encoder,

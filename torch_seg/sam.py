@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from torch_seg import _torchvision_compat  # noqa: F401  (before anything imports torchvision)
 
+import contextlib
+import pickle
+from typing import Iterator
+
 import numpy as np
 import torch
 
@@ -27,10 +31,21 @@ def build_sam2_model(model_name: str = DEFAULT_SAM2_MODEL, checkpoint=None, devi
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
             return build_sam2(config, ckpt_path=None, device=str(device))
     path = resolve_sam2_checkpoint(model_name, checkpoint)
-    try:
+    with sam2_checkpoint_errors(path, model_name):
         return build_sam2(config, ckpt_path=str(path), device=str(device))
-    except (RuntimeError, KeyError, EOFError, OSError, ValueError) as e:
-        # sam2 raises a bare RuntimeError on mismatched keys; torch.load raises on corrupt files.
+
+
+@contextlib.contextmanager
+def sam2_checkpoint_errors(path, model_name: str) -> Iterator[None]:
+    """Turn what sam2 raises for a file that is not a SAM 2.1 `model_name` checkpoint into one line naming the fix.
+
+    sam2 raises a bare RuntimeError on mismatched keys and KeyError without a "model" entry; torch.load
+    raises UnpicklingError for a file that is not a torch archive (an HTML error page saved as .pt, another
+    model's pickled checkpoint) and EOFError/RuntimeError for a truncated one.
+    """
+    try:
+        yield
+    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, OSError, ValueError) as e:
         raise UserError(f"{path} is not a SAM 2.1 {model_name} checkpoint ({type(e).__name__}: {str(e)[:120]}): "
                         f"check --sam2-model / --sam2-checkpoint or re-download it") from None
 
@@ -79,8 +94,3 @@ class SamPredictor:
         masks = np.asarray(masks).reshape(n, height, width) > 0
         scores = np.asarray(scores, dtype=np.float32).reshape(n)
         return masks, scores
-
-    def segment(self, image: np.ndarray, boxes_xyxy: np.ndarray | None = None,
-                points_xy: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        self.set_image(image)
-        return self.predict(boxes_xyxy, points_xy)

@@ -7,7 +7,7 @@ import torch
 
 from torch_seg.checkpoints import DEFAULT_SAM2_MODEL, resolve_sam2_checkpoint, sam2_config
 from torch_seg.errors import UserError
-from torch_seg.sam import RANDOM_WEIGHTS_SEED
+from torch_seg.sam import RANDOM_WEIGHTS_SEED, sam2_checkpoint_errors
 
 
 def build_video_predictor(model_name: str = DEFAULT_SAM2_MODEL, checkpoint=None, device="cpu",
@@ -32,12 +32,8 @@ def build_video_predictor(model_name: str = DEFAULT_SAM2_MODEL, checkpoint=None,
             predictor = build_sam2_video_predictor(config, ckpt_path=None, device=device, vos_optimized=vos_optimized)
         return _with_float_memory_outside_autocast(predictor)
     path = resolve_sam2_checkpoint(model_name, checkpoint)
-    try:
+    with sam2_checkpoint_errors(path, model_name):
         predictor = build_sam2_video_predictor(config, ckpt_path=str(path), device=device, vos_optimized=vos_optimized)
-    except (RuntimeError, KeyError, EOFError, OSError, ValueError) as e:
-        # sam2 raises a bare RuntimeError on mismatched keys; torch.load raises on corrupt files.
-        raise UserError(f"{path} is not a SAM 2.1 {model_name} checkpoint ({type(e).__name__}: {str(e)[:120]}): "
-                        f"check --sam2-model / --sam2-checkpoint or re-download it") from None
     return _with_float_memory_outside_autocast(predictor)
 
 
