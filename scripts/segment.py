@@ -31,23 +31,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def unique_names(sources: list[str]) -> list[str]:
-    """Output folder names: the image stems, with _2, _3, ... where two images share a stem."""
-    from torch_seg.images import image_stem
-
-    seen: dict[str, int] = {}
-    names = []
-    for source in sources:
-        stem = image_stem(source)
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-    return names
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from torch_seg.images import list_images
+    from torch_seg.images import list_images, output_names
     from torch_seg.pipeline import TextSegmenter, quiet_library_warnings
     from torch_seg.prompts import parse_prompt
 
@@ -72,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         clipseg_model=args.clipseg_model, box_threshold=args.box_threshold, text_threshold=args.text_threshold,
         max_detections=args.max_detections, device=args.device, random_weights=args.random_weights)
     failures = 0
-    for source, name in tqdm(list(zip(sources, unique_names(sources))), desc="images", unit="img",
+    for source, name in tqdm(list(zip(sources, output_names(sources))), desc="images", unit="img",
                              disable=len(sources) == 1):
         try:
             record = segmenter.process_file(source, args.prompt, out, name=name)

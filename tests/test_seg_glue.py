@@ -13,7 +13,7 @@ from torch_seg.boxes import clip_boxes, cxcywh_normalized_to_xyxy_pixels, mask_t
 from torch_seg.checkpoints import resolve_gdino_checkpoint, resolve_sam2_checkpoint, sam2_config
 from torch_seg.device import autocast, resolve_device
 from torch_seg.errors import UserError
-from torch_seg.images import image_stem, list_images, load_image
+from torch_seg.images import image_stem, list_images, load_image, output_names
 from torch_seg.overlay import draw_overlay, palette
 from torch_seg.prompts import caption_from_phrases, parse_prompt, phrase_at
 from torch_seg.results import atomic_dir, write_json
@@ -199,6 +199,12 @@ def test_list_images_sorts_and_rejects_empty_folders(tmp_path):
     with pytest.raises(UserError, match="not found"):
         list_images(tmp_path / "absent")
     assert image_stem("https://example.com/photos/truck.jpg?size=large") == "truck"
+
+
+def test_images_sharing_a_stem_get_distinct_output_folders():
+    names = output_names(["a/photo.jpg", "b/photo.png", "photo_2.jpg", "https://x.org/photo.webp", "truck.jpg"])
+    assert names == ["photo", "photo_2", "photo_2_2", "photo_3", "truck"]
+    assert len(set(names)) == len(names)
 
 
 def test_offline_url_fails_fast_with_a_user_error():

@@ -105,3 +105,21 @@ def image_stem(path_or_url: str | Path) -> str:
     if _is_url(text):
         text = urllib.parse.urlparse(text).path.rstrip("/") or "image"
     return Path(text).stem or "image"
+
+
+def output_names(sources: list[str | Path]) -> list[str]:
+    """One output folder name per image, all distinct: the stem, or stem_2, stem_3, ... once it is taken.
+
+    photo.jpg, photo.png and photo_2.jpg give photo, photo_2 and photo_2_2: no result replaces another.
+    """
+    taken: set[str] = set()
+    names = []
+    for source in sources:
+        stem = name = image_stem(source)
+        copy = 1
+        while name in taken:
+            copy += 1
+            name = f"{stem}_{copy}"
+        taken.add(name)
+        names.append(name)
+    return names
