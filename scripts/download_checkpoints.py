@@ -55,11 +55,14 @@ def download(spec: CheckpointSpec, folder: Path) -> Path:
 
 def download_bert_files(folder: Path) -> None:
     """GroundingDINO's text encoder needs only bert-base-uncased's tokenizer files and config.json."""
+    from torch_seg.results import atomic_dir
+
     try:
         from huggingface_hub import hf_hub_download
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in BERT_FILES:
-            shutil.copy(hf_hub_download(BERT_MODEL_ID, name), folder / name)
+        # All four files or no folder: a half-filled folder would be taken for the text encoder on every run.
+        with atomic_dir(folder) as partial:
+            for name in BERT_FILES:
+                shutil.copy(hf_hub_download(BERT_MODEL_ID, name), partial / name)
     except Exception as e:  # the hub client raises many types for "offline"
         raise UserError(f"cannot fetch {BERT_MODEL_ID} tokenizer files ({type(e).__name__}): are you online? "
                         f"Otherwise copy them into {folder}") from None

@@ -33,3 +33,12 @@ def test_unreachable_url_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="cannot download"):
         download_checkpoints.download(spec, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_offline_tokenizer_download_leaves_no_folder_behind(tmp_path, monkeypatch):
+    # A half-filled folder would be found, and refused, by every later run, --random-weights ones included.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "checkpoints" / "bert-base-uncased"
+    with pytest.raises(UserError, match="are you online"):
+        download_checkpoints.download_bert_files(folder)
+    assert not (tmp_path / "checkpoints").exists()
