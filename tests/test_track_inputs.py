@@ -95,7 +95,10 @@ def test_a_prompt_frame_past_the_end_fails_and_leaves_a_previous_result_untouche
 @pytest.mark.parametrize("args, message", [(["--prompt", " . "], "holds no words"),
                                           (["--redetect-every", "0"], "--redetect-every must be at least 1"),
                                           (["--max-frames", "0"], "--max-frames must be at least 1"),
-                                          (["--vos-optimized"], "--vos-optimized compiles SAM 2 for CUDA")])
+                                          (["--vos-optimized"], "--vos-optimized compiles SAM 2 for CUDA"),
+                                          (["--box-threshold", "1.5"], "--box-threshold 1.5 is outside [0, 1]"),
+                                          (["--seeder", "clipseg", "--text-threshold", "-0.1"],
+                                           "--text-threshold -0.1 is outside [0, 1]")])
 def test_bad_options_are_one_line_errors(tmp_path, capsys, args, message):
     src = _frames(tmp_path / "src", [(32, 24)] * 2)
     code, err = _run(capsys, "--video", src, "--out", tmp_path / "out", *args)

@@ -21,7 +21,7 @@ from torch_seg.pipeline import RANDOM_WEIGHTS_BANNER, quiet_library_warnings
 from torch_seg.prompts import parse_prompt
 from torch_seg.sam_video import build_video_predictor
 from torch_seg.seeders import DEFAULT_BOX_THRESHOLD, DEFAULT_TEXT_THRESHOLD, build_seeder
-from torch_seg.seeders.base import Seeder
+from torch_seg.seeders.base import Seeder, check_thresholds
 from torch_seg.tracking import DEFAULT_MATCH_IOU
 from torch_seg.video import DEFAULT_MAX_OBJECTS, TrackingOptions, VideoTracker
 from torch_seg.video_output import tracks_record, write_tracking_output
@@ -52,6 +52,7 @@ def track_video(video: str | Path, prompt: str, out: str | Path, *, prompt_frame
         raise UserError(f"--out {out} exists and is not a folder: choose another path")
     if not 0.0 < match_iou <= 1.0:
         raise UserError(f"--match-iou {match_iou} must be in (0, 1]")
+    check_thresholds(box_threshold=box_threshold, text_threshold=text_threshold)
     torch_device = resolve_device(device)
     if vos_optimized and torch_device.type != "cuda":
         raise UserError("--vos-optimized compiles SAM 2 for CUDA: use it with --device cuda (or drop it)")

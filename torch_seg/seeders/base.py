@@ -6,6 +6,8 @@ from typing import Protocol
 
 import numpy as np
 
+from torch_seg.errors import UserError
+
 
 @dataclass
 class Detections:
@@ -56,3 +58,10 @@ class Seeder(Protocol):
     def describe(self) -> dict:
         """The model name and checkpoint file, for result.json."""
         ...
+
+
+def check_thresholds(**thresholds: float) -> None:
+    """Seeder scores are probabilities: a threshold outside [0, 1] is a user error (checked before any model)."""
+    for name, value in thresholds.items():
+        if not 0.0 <= value <= 1.0:
+            raise UserError(f"--{name.replace('_', '-')} {value} is outside [0, 1]: scores are probabilities")

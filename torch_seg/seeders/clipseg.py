@@ -20,7 +20,7 @@ from torch_seg.checkpoints import CLIPSEG_MODEL_ID
 from torch_seg.device import autocast
 from torch_seg.errors import UserError
 from torch_seg.prompts import parse_prompt
-from torch_seg.seeders.base import Detections
+from torch_seg.seeders.base import Detections, check_thresholds
 
 CLIPSEG_IMAGE_SIZE = 352  # the resolution CLIPSeg was trained at
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
@@ -96,8 +96,7 @@ class ClipSegSeeder:
 
     def __init__(self, *, checkpoint=None, device="cpu", random_weights: bool = False, box_threshold: float = 0.35,
                  max_detections: int = 100, min_area_fraction: float = MIN_AREA_FRACTION):
-        if not 0.0 <= box_threshold <= 1.0:
-            raise UserError(f"--box-threshold {box_threshold} is outside [0, 1]")
+        check_thresholds(box_threshold=box_threshold)
         self.device = torch.device(device)
         self.processor, self.model = build_clipseg(checkpoint, self.device, random_weights)
         self.checkpoint = None if random_weights else (checkpoint or CLIPSEG_MODEL_ID)

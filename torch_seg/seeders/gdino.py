@@ -18,7 +18,7 @@ from torch_seg.checkpoints import (DEFAULT_GDINO_MODEL, GDINO_MODELS, gdino_conf
 from torch_seg.device import autocast
 from torch_seg.errors import UserError
 from torch_seg.prompts import caption_from_phrases, parse_prompt, phrase_spans
-from torch_seg.seeders.base import Detections
+from torch_seg.seeders.base import Detections, check_thresholds
 
 DEFAULT_BOX_THRESHOLD = 0.35
 DEFAULT_TEXT_THRESHOLD = 0.25
@@ -128,9 +128,7 @@ class GroundingDinoSeeder:
                  random_weights: bool = False, box_threshold: float = DEFAULT_BOX_THRESHOLD,
                  text_threshold: float = DEFAULT_TEXT_THRESHOLD, max_detections: int = DEFAULT_MAX_DETECTIONS,
                  resize_shortest: int | None = None, resize_max: int | None = None):
-        for name, value in (("--box-threshold", box_threshold), ("--text-threshold", text_threshold)):
-            if not 0.0 <= value <= 1.0:
-                raise UserError(f"{name} {value} is outside [0, 1]: scores are sigmoid probabilities")
+        check_thresholds(box_threshold=box_threshold, text_threshold=text_threshold)
         self.device = torch.device(device)
         self.model, self.checkpoint, self.text_encoder = build_gdino_model(
             model_name, checkpoint, text_encoder, self.device, random_weights)
