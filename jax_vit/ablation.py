@@ -119,6 +119,12 @@ GRIDS: dict[str, Callable[[Config], list[Setting]]] = {
 }
 
 
+def recipe_grid_ignores(overrides: dict[str, Any]) -> list[str]:
+    """The overridden fields a recipe preset does not take from the base (the `best` grid keeps each recipe's
+    own batch, learning rate, EMA, ...), so a `--set` of them changes nothing there."""
+    return [name for name in overrides if name not in BASE_FIELDS]
+
+
 def setting_config(base: Config, setting: Setting, epochs: int, seed: int) -> Config:
     """The config one run trains: base (or a recipe preset at the base's size), the setting's changes,
     and the shared budget and seed."""

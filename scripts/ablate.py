@@ -15,7 +15,7 @@ if __name__ == "__main__":  # first, so the re-executed process repeats nothing
 
     reexec_under_tcmalloc()  # tcmalloc: XLA:CPU's per-step buffers (see jax_vit/allocator.py)
 
-from jax_vit.ablation import GRIDS, AblationError, run_grid
+from jax_vit.ablation import BASE_FIELDS, GRIDS, AblationError, recipe_grid_ignores, run_grid
 from jax_vit.configs import ConfigError, get_config, parse_overrides
 from jax_vit.data import DATASETS, DataError, load_dataset
 
@@ -71,9 +71,13 @@ def main(argv=None) -> int:
             if len(grids) != 1:
                 raise AblationError("--settings names the settings of one grid: give a single --grid")
             settings = [name.strip() for name in args.settings.split(",") if name.strip()]
+        overrides = parse_overrides(args.set)
         dataset = load_dataset(args.dataset, args.data_dir)
-        base = get_config(args.preset, parse_overrides(args.set)).replace(
-            dataset=args.dataset, in_channels=dataset.channels)
+        base = get_config(args.preset, overrides).replace(dataset=args.dataset, in_channels=dataset.channels)
+        ignored = recipe_grid_ignores(overrides) if "best" in grids else []
+        if ignored:
+            print(f"note: --set {', '.join(ignored)} does not apply to the best grid: each recipe keeps its own "
+                  f"(it takes only {', '.join(BASE_FIELDS)} from the base)", file=sys.stderr)
         header = machine_header(argv)
         for grid in grids:
             run_grid(grid, base, dataset, args.out, epochs=args.epochs, budget_minutes=args.budget_minutes,

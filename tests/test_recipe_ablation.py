@@ -354,3 +354,24 @@ def test_cli_names_how_to_continue_an_interrupted_grid(cifar10_sample_dir, tmp_p
         f"interrupted; the same command continues: finished runs are kept in {out}/runs.jsonl and the "
         f"interrupted one resumes from its last epoch")
 
+
+def test_cli_says_which_set_fields_the_best_grid_does_not_take(cifar10_sample_dir, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("script_ablate", ROOT / "scripts" / "ablate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    trained = []
+    monkeypatch.setattr(script, "run_grid", lambda grid, base, *args, **kwargs: trained.append((grid, base)))
+    argv = ["--data-dir", str(cifar10_sample_dir), "--epochs", "1", "--out", str(tmp_path / "out"),
+            "--set", "patch_size=8", "--set", "batch_size=128", "--set", "ema_decay=0.999"]
+    assert script.main(["--grid", "patch,best", *argv]) == 0
+    note = capsys.readouterr().err.strip()
+    assert note.startswith("note: --set batch_size, ema_decay does not apply to the best grid")
+    # ... and it is true: the recipes keep their own batch and EMA, and take the patch size.
+    best_base = trained[1][1]
+    for setting in ablation.GRIDS["best"](best_base):
+        config = ablation.setting_config(best_base, setting, epochs=1, seed=0)
+        recipe = PRESETS[setting.recipe_preset]
+        assert (config.batch_size, config.ema_decay, config.patch_size) == (recipe.batch_size, recipe.ema_decay, 8)
+    assert script.main(["--grid", "patch", *argv]) == 0 and "note" not in capsys.readouterr().err
