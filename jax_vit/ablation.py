@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from jax_vit.ablation_report import append_run, load_runs, write_reports
-from jax_vit.configs import PRESETS, Config, config_changes
+from jax_vit.configs import PRESETS, Config
+from jax_vit.reporting import resume_changes
 
 # What a recipe preset takes from the base in the `best` grid: the data and the model size (only the recipe
 # is compared). The dataset matters beyond the model: it picks the normalisation statistics.
@@ -193,9 +194,13 @@ def interrupted_config(workdir: Path) -> dict | None:
     return json.loads(record.read_text())["config"] if record.exists() else None
 
 
-def _check_resumable(workdir: Path, config: Config, run_name: str) -> None:
-    before = interrupted_config(workdir)
-    details = config_changes(before, json.loads(json.dumps(config.to_dict()))) if before is not None else ""
+def _check_resumable(workdir: Path, config: Config, train: tuple, val: tuple, run_name: str) -> None:
+    record = workdir / "run.json"
+    if not record.exists():
+        return
+    # As the trainer's run.json records it: the validation split is what the run is scored on.
+    now = {"config": json.loads(json.dumps(config.to_dict())), "train_size": len(train[1]), "test_size": len(val[1])}
+    details = resume_changes(json.loads(record.read_text()), now)
     if not details:
         return
     raise AblationError(f"{workdir} holds an interrupted run of {run_name} with other settings ({details}); rerun "
@@ -274,7 +279,7 @@ def run_grid(grid: str, base: Config, dataset, out_dir: Path, *, epochs: int | N
                 result["header"] = source.get("header", "")
                 result["reused_from"] = source.get("reused_from") or f"[{source['grid']}] {source['setting']}"
             else:
-                _check_resumable(workdir, config, f"[{grid}] {setting.name} seed {seed}")
+                _check_resumable(workdir, config, train, val, f"[{grid}] {setting.name} seed {seed}")
                 print(f"[{grid}] {setting.name} seed {seed}: training {run_epochs} epochs", flush=True)
                 result = {**train_fn(config, train, val, test, workdir), "header": header}
             changes = {k: v for k, v in config.to_dict().items() if getattr(base, k, None) != v}

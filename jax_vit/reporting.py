@@ -16,6 +16,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from jax_vit.configs import config_changes
+
 EPOCH_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_seconds",
                 "images_per_second")
 RUN_FILES = ("run.json", "metrics.jsonl", "summary.json", "curves.png", "eval.json", "confusion_matrix.png",
@@ -34,6 +36,15 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     except BaseException:  # a full disk or Ctrl-C leaves neither half a file nor a stray temporary
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def resume_changes(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """What a run to be continued changed since it started, from two run.json records: its config fields and
+    the sizes of the data it trains and is scored on (another validation split changes them, and with them
+    the steps of every epoch); "" when nothing did."""
+    sizes = ("train_size", "test_size")
+    return config_changes({**before["config"], **{k: before.get(k) for k in sizes}},
+                          {**after["config"], **{k: after.get(k) for k in sizes}})
 
 
 def write_json(path: str | Path, record: dict[str, Any]) -> None:

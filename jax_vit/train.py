@@ -17,16 +17,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from jax_vit import checkpoints, reporting
 from jax_vit.allocator import active_allocator
-from jax_vit.configs import Config, config_changes
+from jax_vit.configs import Config
 from jax_vit.data import Dataset
-from jax_vit.train_step import (DATA_AXIS, Recipe, make_eval_step, make_mesh, make_recipe, make_train_step,
+from jax_vit.train_step import (DATA_AXIS, make_eval_step, make_mesh, make_recipe, make_train_step,
                                 create_train_state, replicate_on_mesh, shard_batch)
 
 PROGRESS_EVERY = 10  # steps between progress-bar refreshes (each one waits for the device)
@@ -69,8 +68,7 @@ def prepare_workdir(workdir: Path, run_record: dict[str, Any], *, resume: bool, 
     if holds_run:
         if not previous.exists():
             raise TrainingError(f"workdir {workdir} holds run files but no run.json; use --overwrite or a new --workdir")
-        before = reporting.read_json(previous)["config"]
-        details = config_changes(before, run_record["config"])
+        details = reporting.resume_changes(reporting.read_json(previous), run_record)
         if details:
             raise TrainingError(f"--resume with different settings ({details}); resume with the original options "
                                 f"or start a new --workdir")

@@ -199,11 +199,13 @@ class Crash(Exception):
 
 
 class CrashingTrainer(FakeTrainer):
-    """Starts its run the way the real trainer does (run.json with the config in the run's folder), then dies."""
+    """Starts its run the way the real trainer does (run.json with the config and the sizes of the data it
+    trains and is scored on, in the run's folder), then dies."""
 
     def __call__(self, config, train, val, test, workdir):
         workdir.mkdir(parents=True)
-        (workdir / "run.json").write_text(json.dumps({"config": config.to_dict()}))
+        record = {"config": config.to_dict(), "train_size": len(train[1]), "test_size": len(val[1])}
+        (workdir / "run.json").write_text(json.dumps(record))
         raise Crash
 
 
@@ -233,6 +235,10 @@ def test_an_interrupted_run_with_other_settings_is_refused_not_overwritten(tmp_p
         ablation.run_grid("patch", base.replace(learning_rate=1e-3), data, tmp_path, epochs=2, seeds=[0],
                           train_fn=FakeTrainer())
     assert ablation.interrupted_config(workdir)["learning_rate"] == 0.002
+    # Another validation split changes the data under the same config: also refused.
+    with pytest.raises(ablation.AblationError, match=r"patch 2 seed 0 .*train_size: \d+ -> \d+.*delete that folder"):
+        ablation.run_grid("patch", base, data, tmp_path, epochs=2, seeds=[0], val_fraction=0.2,
+                          train_fn=FakeTrainer())
 
 
 def test_an_interrupted_grid_resumes_its_run_to_the_uninterrupted_result(cifar10_sample_dir, tmp_path, monkeypatch,
