@@ -4,6 +4,7 @@ Runs with two host CPU devices (tests/conftest.py sets XLA_FLAGS), so shard_map 
 batch here as they would over several GPUs.
 """
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -341,6 +342,18 @@ def test_a_write_that_fails_keeps_the_old_file_and_leaves_no_temporary(tmp_path,
         reporting.write_atomic(target, b"new")
     assert target.read_text(encoding="utf-8") == "old ± 1\n"
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_written_files_follow_the_umask_not_owner_only(tmp_path):
+    # Readable by others as any file the user writes (mkstemp alone would make it owner-only).
+    from jax_vit import reporting
+
+    umask = os.umask(0o022)
+    try:
+        reporting.write_atomic(tmp_path / "run.json", "{}")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "run.json").stat().st_mode & 0o777 == 0o644
 
 
 def test_evaluate_without_a_run_exits_with_one_line(capsys, tmp_path):
