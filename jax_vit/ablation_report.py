@@ -84,7 +84,8 @@ def results_markdown(runs: list[dict], header: str = "") -> str:
     groups = summarise(runs)
     for grid in dict.fromkeys(g for g, _ in groups):
         rows = [(s, rs) for (g, s), rs in groups.items() if g == grid]
-        best = max(rows, key=lambda item: max(_best_val(r) for r in item[1]) if item[1] else -1)[0]
+        # Chosen as the table reads: the mean over seeds (of each run's better of raw and EMA weights).
+        best = max(rows, key=lambda item: np.mean([_best_val(r) for r in item[1]]))[0]
         lines += [f"### Grid `{grid}`", "",
                   "| setting | seeds | epochs | params | val acc | val acc (EMA) | test acc | test acc (EMA) "
                   "| train s |",
@@ -92,11 +93,13 @@ def results_markdown(runs: list[dict], header: str = "") -> str:
         for setting, rs in rows:
             name = f"**{setting}**" if setting == best else setting
             lines.append(
-                f"| {name} | {len(rs)} | {rs[0]['epochs']} | {rs[0]['params']:,} "
+                f"| {name} | {len(rs)} | {' / '.join(str(e) for e in dict.fromkeys(r['epochs'] for r in rs))} "
+                f"| {rs[0]['params']:,} "
                 f"| {_mean_std([r['val_accuracy'] for r in rs])} | {_mean_std([r['val_accuracy_ema'] for r in rs])} "
                 f"| {_mean_std([r['test_accuracy'] for r in rs])} | {_mean_std([r['test_accuracy_ema'] for r in rs])} "
                 f"| {np.mean([r['train_seconds'] for r in rs]):.0f} |")
-        lines += ["", "Bold: the setting chosen on the validation split (best of raw and EMA weights).", ""]
+        lines += ["", "Bold: the setting chosen on the validation split (mean over seeds of the better of raw and EMA "
+                  "weights).", ""]
     return "\n".join(lines)
 
 
@@ -119,11 +122,13 @@ def accuracy_plot(runs: list[dict]) -> bytes:
         # An epoch budget plots against epochs; a time budget (epochs differ) against training minutes.
         by_epoch = len({r["epochs"] for rs in members.values() for r in rs}) == 1
         for (_, setting), rs in members.items():
-            curves = np.array([[e["val_accuracy"] for e in r["history"]] for r in rs], dtype=float)
+            # Seeds added later under a time budget may have got other epoch counts: plot what they share.
+            shared = min(len(r["history"]) for r in rs)
+            curves = np.array([[e["val_accuracy"] for e in r["history"][:shared]] for r in rs], dtype=float)
             if by_epoch:
-                xs = [e["epoch"] for e in rs[0]["history"]]
+                xs = [e["epoch"] for e in rs[0]["history"][:shared]]
             else:
-                xs = [e["train_seconds"] / 60 for e in rs[0]["history"]]
+                xs = [e["train_seconds"] / 60 for e in rs[0]["history"][:shared]]
             # Markers only where they can be told apart (a 150-epoch curve is a line).
             ax.plot(xs, 100 * curves.mean(0), marker="o" if len(xs) <= 40 else None, label=setting)
         ax.set(title=f"grid: {grid}", xlabel="epoch" if by_epoch else "training minutes",

@@ -153,6 +153,18 @@ def test_settings_keeps_only_the_named_settings_and_rejects_unknown_names(tmp_pa
     assert len(trainer.calls) == 4, "an unknown name trains nothing"
 
 
+def test_seeds_added_later_with_another_epoch_count_are_reported_not_a_crash(tmp_path):
+    # A time budget measured again for new seeds can give them other epochs than the first seeds got.
+    data, base = _dataset(), get_config("tiny")
+    ablation.run_grid("patch", base, data, tmp_path, budget_minutes=1.0, seeds=[0], settings=["patch 8"],
+                      train_fn=FakeTrainer(), epoch_seconds_fn=lambda config, train: 5.0)
+    ablation.run_grid("patch", base, data, tmp_path, budget_minutes=1.0, seeds=[0, 1], settings=["patch 8"],
+                      train_fn=FakeTrainer(), epoch_seconds_fn=lambda config, train: 6.0)
+    assert [r["epochs"] for r in ablation_report.load_runs(tmp_path)] == [12, 10]
+    assert "| **patch 8** | 2 | 12 / 10 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_results_md_names_every_command_that_filled_the_folder(tmp_path):
     data, trainer, base = _dataset(), FakeTrainer(), get_config("tiny")
     ablation.run_grid("patch", base, data, tmp_path, epochs=1, seeds=[0], train_fn=trainer, header="Command: A.")
