@@ -2,8 +2,8 @@
 
 `augment` is the one place training inputs are made. It runs per device inside the train step, so the
 whole dataset can stay on the accelerator as uint8 and input never stalls it. It returns *target
-distributions* rather than integer labels, so batch-mixing augmentations (Mixup, CutMix) can be added here
-without touching the loss or the step.
+distributions* rather than integer labels, so the batch-mixing augmentations (Mixup, CutMix, in mixing.py)
+run here, after normalisation, without touching the loss or the step.
 """
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ def augment(images: jax.Array, labels: jax.Array, key: jax.Array, config: Config
 
     images: uint8 (B, H, W, C); labels: int (B,); key: this device's key for this step.
     Returns (float32 normalised images (B, H, W, C), float32 target distributions (B, num_classes)).
-    Geometric augmentations work on uint8 pixels; batch-level ones (Mixup/CutMix) belong after
-    normalisation, where they can mix images and targets together.
+    Geometric augmentations work on uint8 pixels; the batch-level ones (Mixup/CutMix) come last, after
+    normalisation, where they mix images and targets together.
     """
     crop_key, flip_key = jax.random.split(key)
     images = random_crop(images, crop_key, config.crop_padding)
