@@ -62,7 +62,7 @@ def keep_mask(key: jax.Array, keep_prob: float, shape: tuple[int, ...]) -> tuple
     seed-256x6's training step on the CPU; drawing half the words took the step from about 1630 to 1360 ms
     (README, "Speed: JAX vs PyTorch"). 16 bits resolve keep_prob to 1/65536: the mask and the returned,
     rounded keep probability go together, so rescaling by it keeps the expectation exact (in float32; bfloat16
-    compute rounds 1/keep itself, by at most 0.4%).
+    compute rounds 1/keep itself, by at most 0.2%).
     """
     threshold = min(max(round(keep_prob * 65536), 1), 65535)
     size = int(np.prod(shape))

@@ -153,6 +153,8 @@ def test_resume_after_a_crash_ends_exactly_where_an_uninterrupted_run_does(small
     rows = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
             for run in ("whole", "split")]
     assert [r["epoch"] for r in rows[1]] == [1, 2, 3]
+    from jax_vit.reporting import EPOCH_FIELDS  # the documented metrics.jsonl schema (this config has an EMA)
+    assert all(list(r) == [*EPOCH_FIELDS, "ema_test_loss", "ema_test_acc"] for run in rows for r in run)
     for first, second in zip(*rows):
         for key in ("train_loss", "train_acc", "test_loss", "test_acc", "ema_test_acc", "lr"):
             assert first[key] == pytest.approx(second[key], rel=1e-5, abs=1e-6), key
