@@ -38,6 +38,8 @@ BASE_FIELDS = ("dataset", "image_size", "in_channels", "num_classes", "patch_siz
 MAX_WARMUP_SHARE = 0.2
 RANDAUGMENT = {"randaugment_ops": 2, "randaugment_magnitude": 9.0}
 MIX = {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mix_prob": 1.0}
+NO_RECIPE_AUGMENTATION = {"randaugment_ops": 0, "trivial_augment": False, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
+                          "random_erasing": 0.0}
 
 
 class AblationError(ValueError):
@@ -77,11 +79,13 @@ def _shape_grid(base: Config) -> list[Setting]:
 
 
 def _augment_grid(base: Config) -> list[Setting]:
+    # Each setting switches every recipe augmentation itself, so "crop+flip" means just that on any base
+    # (on `best` as the base, it would otherwise keep best's Mixup/CutMix).
     return [
-        Setting("crop+flip"),
-        Setting("+RandAugment", dict(RANDAUGMENT)),
-        Setting("+Mixup/CutMix", dict(MIX)),
-        Setting("+RandAugment +Mixup/CutMix", {**RANDAUGMENT, **MIX}),
+        Setting("crop+flip", dict(NO_RECIPE_AUGMENTATION)),
+        Setting("+RandAugment", {**NO_RECIPE_AUGMENTATION, **RANDAUGMENT}),
+        Setting("+Mixup/CutMix", {**NO_RECIPE_AUGMENTATION, **MIX}),
+        Setting("+RandAugment +Mixup/CutMix", {**NO_RECIPE_AUGMENTATION, **RANDAUGMENT, **MIX}),
     ]
 
 

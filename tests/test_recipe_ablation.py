@@ -106,6 +106,20 @@ def test_the_best_grid_trains_every_recipe_on_real_fashion_mnist(fashion_mnist_d
     assert log.count("| val loss") == 4 and "test loss" not in log, log
 
 
+def test_augment_grid_settings_mean_what_they_say_on_any_base():
+    for base in (get_config("tiny"), get_config("best"), get_config("heavy-aug")):
+        configs = {s.name: ablation.setting_config(base, s, epochs=1, seed=0) for s in ablation.GRIDS["augment"](base)}
+        on = lambda c: (c.randaugment_ops > 0, c.mixup_alpha > 0 or c.cutmix_alpha > 0, c.random_erasing > 0)
+        assert on(configs["crop+flip"]) == (False, False, False)
+        assert on(configs["+RandAugment"]) == (True, False, False)
+        assert on(configs["+Mixup/CutMix"]) == (False, True, False)
+        assert on(configs["+RandAugment +Mixup/CutMix"]) == (True, True, False)
+    # On the tiny base (every recorded augment grid) the configs are what they were: nothing is retrained.
+    tiny = get_config("tiny")
+    assert ablation.setting_config(tiny, ablation.Setting("crop+flip", dict(ablation.NO_RECIPE_AUGMENTATION)), 1, 0) \
+        == ablation.setting_config(tiny, ablation.Setting("old crop+flip"), 1, 0)
+
+
 def test_run_grid_gives_every_setting_the_same_budget_seeds_and_splits(tmp_path):
     data, trainer = _dataset(), FakeTrainer()
     runs = ablation.run_grid("patch", get_config("tiny"), data, tmp_path, epochs=2, seeds=[0, 1], train_fn=trainer)
