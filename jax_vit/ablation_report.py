@@ -12,22 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
-from jax_vit.reporting import write_atomic
+from jax_vit.reporting import read_jsonl, write_atomic, write_jsonl
 
 RESULT_FIELDS = ("grid", "setting", "seed", "epochs", "params", "train_seconds", "val_accuracy",
                  "val_accuracy_ema", "test_accuracy", "test_accuracy_ema", "changes")
 
 
 def load_runs(out_dir: Path) -> list[dict]:
-    path = Path(out_dir) / "runs.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(Path(out_dir) / "runs.jsonl")
 
 
 def append_run(out_dir: Path, run: dict) -> None:
-    runs = load_runs(out_dir) + [run]
-    write_atomic(Path(out_dir) / "runs.jsonl", "".join(json.dumps(r) + "\n" for r in runs))
+    write_jsonl(Path(out_dir) / "runs.jsonl", load_runs(out_dir) + [run])
 
 
 def results_csv(runs: list[dict]) -> str:

@@ -62,15 +62,24 @@ def read_json(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
-    path = Path(workdir) / "metrics.jsonl"
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """One record per line; no file is no records."""
+    path = Path(path)
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
+    return read_jsonl(Path(workdir) / "metrics.jsonl")
+
+
 def write_metrics(workdir: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    write_atomic(Path(workdir) / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    write_jsonl(Path(workdir) / "metrics.jsonl", rows)
 
 
 def versions() -> dict[str, str]:
