@@ -147,3 +147,17 @@ def test_the_propagation_benchmark_reports_frames_per_second_over_the_tracked_fr
     assert run["frames_per_s"] > 0 and len(run["per_frame_ms"]) == 2 and run["dtype"] == "float32"
     machine = machine_record(__import__("torch").device("cpu"))
     assert machine["torch"].startswith("2.13") and machine["sam2"] and machine["cpu_cores"] >= 1
+
+
+@pytest.mark.parametrize("args", [["--num-frames", "1"], ["--objects", "0"]])
+def test_the_propagation_benchmark_refuses_what_it_cannot_time_in_one_line(bedroom_clip, tmp_path, capsys, args):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import bench_track  # scripts/bench_track.py
+
+    code = bench_track.main(["--video", str(bedroom_clip), "--out", str(tmp_path / "bench.json"), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err and "at least 2 frames" in err
+    assert not (tmp_path / "bench.json").exists()

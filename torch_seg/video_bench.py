@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from torch_seg.device import autocast
+from torch_seg.errors import UserError
 from torch_seg.frames import open_video
 from torch_seg.sam_video import build_video_predictor
 
@@ -53,6 +54,9 @@ def measure_propagation(video: str | Path, model_name: str = "tiny", *, num_fram
                         device: torch.device | str = "cpu", vos_optimized: bool = False,
                         warmup_passes: int = 0) -> dict:
     """Frames/s of `propagate_in_video` over the first `num_frames` frames, `num_objects` boxes on frame 0."""
+    if num_frames < 2 or num_objects < 1 or warmup_passes < 0:
+        raise UserError(f"--num-frames {num_frames} / --objects {num_objects} / --warmup-passes {warmup_passes}: "
+                        f"need at least 2 frames (frame 0 holds the prompts), 1 object and 0 warm-up passes")
     device = torch.device(device)
     if device.type == "cuda":
         # As sam2's own benchmark.py: TF32 for what bf16 autocast leaves in float32 (Ampere and newer).
@@ -60,6 +64,8 @@ def measure_propagation(video: str | Path, model_name: str = "tiny", *, num_fram
         torch.backends.cudnn.allow_tf32 = True
     with tempfile.TemporaryDirectory(prefix="torch_seg_bench_") as jpeg_dir:
         frames = open_video(video, jpeg_dir, num_frames)
+        if len(frames) < 2:
+            raise UserError(f"{video} has {len(frames)} frame: the benchmark needs at least 2")
         started = time.perf_counter()
         predictor = build_video_predictor(model_name, None, device, random_weights=True, vos_optimized=vos_optimized)
         build_s = time.perf_counter() - started
