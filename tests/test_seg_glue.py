@@ -15,7 +15,7 @@ from torch_seg.device import autocast, resolve_device
 from torch_seg.errors import UserError
 from torch_seg.images import image_stem, list_images, load_image, output_names
 from torch_seg.overlay import draw_overlay, palette
-from torch_seg.prompts import caption_from_phrases, parse_prompt, phrase_at
+from torch_seg.prompts import caption_from_phrases, parse_prompt, phrase_spans
 from torch_seg.results import atomic_dir, write_json
 from torch_seg.rle import mask_area, mask_to_rle, rle_to_mask
 from torch_seg.seeders.base import Detections
@@ -58,12 +58,12 @@ def test_empty_prompt_is_a_user_error(prompt):
         parse_prompt(prompt)
 
 
-def test_phrase_at_maps_caption_characters_to_phrases():
+def test_phrase_spans_cover_each_phrase_of_the_caption_and_no_separator():
     phrases = ["paper bag", "car"]
     caption = caption_from_phrases(phrases)
-    assert phrase_at(phrases, caption.index("bag")) == "paper bag"
-    assert phrase_at(phrases, caption.index("car")) == "car"
-    assert phrase_at(phrases, caption.index(".")) is None
+    spans = phrase_spans(phrases)
+    assert [caption[start:end] for start, end in spans] == phrases
+    assert not any(start <= caption.index(".") < end for start, end in spans)
 
 
 def test_box_label_is_the_phrase_of_its_best_token_never_a_mix():

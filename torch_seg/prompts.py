@@ -35,11 +35,3 @@ def phrase_spans(phrases: list[str]) -> list[tuple[int, int]]:
         spans.append((start, start + len(phrase)))
         start += len(phrase) + len(" . ")
     return spans
-
-
-def phrase_at(phrases: list[str], char_index: int) -> str | None:
-    """The phrase covering character `char_index` of the caption, or None (a separator or beyond the end)."""
-    for phrase, (start, end) in zip(phrases, phrase_spans(phrases)):
-        if start <= char_index < end:
-            return phrase
-    return None

@@ -16,6 +16,8 @@ from PIL import Image
 from torch_seg.rle import mask_area, mask_to_rle
 
 RESULT_SCHEMA_VERSION = 1
+# result.json and tracks.json carry it, so output made with random weights says so wherever it goes.
+RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: boxes, labels and masks are meaningless; this run only exercises the plumbing"
 
 
 @contextlib.contextmanager
@@ -90,8 +92,7 @@ def result_record(*, image_path: str, width: int, height: int, prompt: str, phra
         "text_threshold": text_threshold,
         "models": models,
         "random_weights": bool(random_weights),
-        "note": ("RANDOM WEIGHTS: boxes, labels and masks are meaningless; this run only exercises the plumbing"
-                 if random_weights else None),
+        "note": RANDOM_WEIGHTS_NOTE if random_weights else None,
         "device": device,
         "num_detections": len(detections),
         "detections": detections,

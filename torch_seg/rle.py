@@ -14,14 +14,22 @@ def mask_to_rle(mask: np.ndarray) -> dict:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
+def _encoded(rle: dict) -> dict:
+    """Our JSON form back to pycocotools' (counts as bytes)."""
+    counts = rle["counts"]
+    return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
 def rle_to_mask(rle: dict) -> np.ndarray:
     """The inverse of `mask_to_rle`: (H, W) bool."""
-    counts = rle["counts"]
-    encoded = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(encoded).astype(bool)
+    return mask_utils.decode(_encoded(rle)).astype(bool)
 
 
 def mask_area(rle: dict) -> int:
-    counts = rle["counts"]
-    return int(mask_utils.area({"size": list(rle["size"]),
-                                "counts": counts.encode("ascii") if isinstance(counts, str) else counts}))
+    return int(mask_utils.area(_encoded(rle)))
+
+
+def rle_box(rle: dict) -> list[float]:
+    """The mask's bounding box, pixel xyxy (pycocotools' xywh converted), rounded to 0.01 px."""
+    x, y, w, h = mask_utils.toBbox(_encoded(rle)).tolist()
+    return [round(x, 2), round(y, 2), round(x + w, 2), round(y + h, 2)]

@@ -11,26 +11,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from torch_seg.frames import VideoFrames, frame_file_name
 from torch_seg.boxes import mask_to_box
 from torch_seg.overlay import draw_overlay, palette
-from torch_seg.results import atomic_dir, write_json
+from torch_seg.results import RANDOM_WEIGHTS_NOTE, atomic_dir, write_json
+from torch_seg.rle import mask_area, rle_box
 from torch_seg.video import TrackingResult
 
 TRACKS_SCHEMA_VERSION = 1
-RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: boxes, labels and masks are meaningless; this run only exercises the plumbing"
 OVERLAY_VIDEO = "overlay.mp4"
 OVERLAY_FRAMES_DIR = "overlay"  # used instead of overlay.mp4 where OpenCV has no mp4 encoder
 # mp4v (MPEG-4 Part 2) is the mp4 codec every OpenCV build with FFmpeg can write; H.264 needs a GPL encoder.
 OVERLAY_FOURCC = "mp4v"
-
-
-def _box_of(rle: dict) -> list[float]:
-    x, y, w, h = mask_utils.toBbox({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).tolist()
-    return [round(x, 2), round(y, 2), round(x + w, 2), round(y + h, 2)]
 
 
 def tracks_record(result: TrackingResult, frames: VideoFrames, *, prompt: str, phrases: list[str], models: dict,
@@ -44,8 +38,7 @@ def tracks_record(result: TrackingResult, frames: VideoFrames, *, prompt: str, p
         for index, masks in enumerate(result.frame_masks):
             rle = masks.get(obj.id)
             if rle is not None:
-                area = int(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}))
-                per_frame.append({"frame": index, "box_xyxy": _box_of(rle), "area": area, "rle": rle})
+                per_frame.append({"frame": index, "box_xyxy": rle_box(rle), "area": mask_area(rle), "rle": rle})
         objects.append({"id": obj.id, "label": obj.label, "score": round(obj.score, 6),
                         "first_frame": obj.first_frame, "prompt_box_xyxy": [round(v, 2) for v in obj.prompt_box_xyxy],
                         "num_frames": len(per_frame), "frames": per_frame})
