@@ -13,14 +13,14 @@ from pathlib import Path
 
 import jax
 
-from jax_vit import checkpoints, reporting
+from jax_vit import reporting
 from jax_vit.ablation import AblationError
 from jax_vit.configs import Config
 from jax_vit.data import Dataset
 from jax_vit.model import count_params
-from jax_vit.train import (LossDiverged, TrainingError, configure_for_dataset, evaluate, padded_eval_batches,
-                           train_and_evaluate)
-from jax_vit.train_step import create_train_state, make_eval_step, make_mesh, make_recipe, make_train_step, shard_batch
+from jax_vit.evaluate import score_checkpoint
+from jax_vit.train import LossDiverged, TrainingError, configure_for_dataset, train_and_evaluate
+from jax_vit.train_step import create_train_state, make_mesh, make_recipe, make_train_step, shard_batch
 
 
 def _as_dataset(config: Config, train: tuple, evaluation: tuple) -> Dataset:
@@ -48,14 +48,10 @@ def train_and_score(config: Config, train: tuple, val: tuple, test: tuple, workd
     config = configure_for_dataset(config, split)
     mesh = make_mesh(devices)
     recipe = make_recipe(config, len(train[0]) // config.batch_size)
-    manager = checkpoints.make_manager(workdir, read_only=True)
-    state = checkpoints.restore(manager, recipe, mesh, "latest")
-    manager.close()
-    eval_step = make_eval_step(recipe, mesh)
-    test_batches = padded_eval_batches(mesh, test[0], test[1], config.batch_size)
-    test_acc = evaluate(eval_step, state.params, test_batches, len(test[1]))[1]
-    test_acc_ema = (evaluate(eval_step, state.ema_params, test_batches, len(test[1]))[1]
-                    if state.ema_params is not None else None)
+    # The final weights (the latest checkpoint), not the best by validation: the report's test numbers.
+    state, scores = score_checkpoint(workdir, recipe, mesh, test[0], test[1], config.batch_size, "latest")
+    test_acc = scores["raw"][1]
+    test_acc_ema = scores["ema"][1] if "ema" in scores else None
     history, seconds = [], 0.0
     for row in rows:
         seconds += row["epoch_seconds"]

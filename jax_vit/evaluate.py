@@ -35,6 +35,23 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
     return matrix
 
 
+def score_checkpoint(workdir: Path, recipe, mesh, images: np.ndarray, labels: np.ndarray, batch_size: int,
+                     checkpoint: str = "best") -> tuple[Any, dict[str, tuple[float, float, np.ndarray]]]:
+    """Restore `checkpoint` (best|latest) of the run in `workdir` and score its raw and, where it keeps one, EMA
+    weights on (images, labels). Returns (train state, {"raw"|"ema": (loss, accuracy, predictions)})."""
+    manager = checkpoints.make_manager(workdir, read_only=True)
+    state = checkpoints.restore(manager, recipe, mesh, checkpoint)
+    manager.close()
+    if state is None:
+        raise TrainingError(f"no {checkpoint} checkpoint in {checkpoints.checkpoint_dir(workdir)}; train first")
+    batches = padded_eval_batches(mesh, images, labels, batch_size)
+    eval_step = make_eval_step(recipe, mesh)
+    candidates = {"raw": state.params}
+    if state.ema_params is not None:
+        candidates["ema"] = state.ema_params
+    return state, {name: evaluate(eval_step, params, batches, len(labels)) for name, params in candidates.items()}
+
+
 def evaluate_run(workdir: str | Path, data_dir: str | None = None, checkpoint: str = "best",
                  devices=None) -> dict[str, Any]:
     workdir = Path(workdir).resolve()
@@ -48,22 +65,13 @@ def evaluate_run(workdir: str | Path, data_dir: str | None = None, checkpoint: s
 
     mesh = make_mesh(devices)
     recipe = make_recipe(config, max(record.get("train_size", 0) // config.batch_size, 1))
-    manager = checkpoints.make_manager(workdir, read_only=True)
-    state = checkpoints.restore(manager, recipe, mesh, checkpoint)
-    if state is None:
-        raise TrainingError(f"no {checkpoint} checkpoint in {checkpoints.checkpoint_dir(workdir)}; train first")
-    step = int(jax.device_get(state.step))
     batch_size = config.batch_size - config.batch_size % mesh.devices.size or mesh.devices.size
-    batches = padded_eval_batches(mesh, dataset.test_images, dataset.test_labels, batch_size)
-    eval_step = make_eval_step(recipe, mesh)
     labels = dataset.test_labels
+    state, scores = score_checkpoint(workdir, recipe, mesh, dataset.test_images, labels, batch_size, checkpoint)
+    step = int(jax.device_get(state.step))
 
-    candidates = {"raw": state.params}
-    if state.ema_params is not None:
-        candidates["ema"] = state.ema_params
     results = {}
-    for name, params in candidates.items():
-        loss, accuracy, predictions = evaluate(eval_step, params, batches, len(labels))
+    for name, (loss, accuracy, predictions) in scores.items():
         matrix = confusion_matrix(labels, predictions, config.num_classes)
         per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
         results[name] = {
