@@ -19,7 +19,7 @@ import numpy as np
 from jax_vit.configs import config_changes
 
 EPOCH_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_seconds",
-                "images_per_second")
+                "images_per_second", "includes_compilation")
 RUN_FILES = ("run.json", "metrics.jsonl", "summary.json", "curves.png", "eval.json", "confusion_matrix.png",
              "checkpoints")
 

@@ -252,6 +252,8 @@ def train_and_evaluate(
             "lr": seen[-1]["lr"],
             "epoch_seconds": epoch_seconds,
             "images_per_second": steps_per_epoch * config.batch_size / epoch_seconds,
+            # This process compiled the step during it: its speed is not the run's (a resumed run compiles again).
+            "includes_compilation": epoch == start_epoch + 1,
         }
         if state.ema_params is not None:
             row["ema_test_loss"], row["ema_test_acc"], _ = evaluate(
@@ -285,6 +287,14 @@ def train_and_evaluate(
     return summary
 
 
+def _mean_speed(rows) -> float | None:
+    """Mean images/s over the epochs that compiled nothing (all of them if every one did)."""
+    # Rows written before the flag existed: only epoch 1 is known to have compiled.
+    compiled = [r.get("includes_compilation", r["epoch"] == 1) for r in rows]
+    steady = [r["images_per_second"] for r, c in zip(rows, compiled) if not c] or [r["images_per_second"] for r in rows]
+    return float(np.mean(steady)) if steady else None
+
+
 def write_summary(workdir: Path, config: Config, rows, dataset: Dataset, mesh, wall_seconds: float) -> dict:
     device = mesh.devices.flat[0]
 
@@ -297,8 +307,7 @@ def write_summary(workdir: Path, config: Config, rows, dataset: Dataset, mesh, w
         "epochs": len(rows),
         "wall_seconds": wall_seconds,  # this invocation (a resumed run counts from its restart)
         "train_seconds_all_epochs": float(sum(r["epoch_seconds"] for r in rows)),
-        "mean_images_per_second": float(np.mean([r["images_per_second"] for r in rows[1:] or rows]))
-        if rows else None,  # the first epoch includes compilation
+        "mean_images_per_second": _mean_speed(rows),
         "device_kind": device.device_kind,
         "platform": device.platform,
         "device_count": int(mesh.devices.size),

@@ -155,6 +155,10 @@ def test_resume_after_a_crash_ends_exactly_where_an_uninterrupted_run_does(small
     assert [r["epoch"] for r in rows[1]] == [1, 2, 3]
     from jax_vit.reporting import EPOCH_FIELDS  # the documented metrics.jsonl schema (this config has an EMA)
     assert all(list(r) == [*EPOCH_FIELDS, "ema_test_loss", "ema_test_acc"] for run in rows for r in run)
+    # The resumed process compiled again in its first epoch; the summary's speed leaves both such epochs out.
+    assert [[r["includes_compilation"] for r in run] for run in rows] == [[True, False, False], [True, True, False]]
+    assert json.loads((tmp_path / "split" / "summary.json").read_text())["mean_images_per_second"] == \
+        pytest.approx(rows[1][2]["images_per_second"])
     for first, second in zip(*rows):
         for key in ("train_loss", "train_acc", "test_loss", "test_acc", "ema_test_acc", "lr"):
             assert first[key] == pytest.approx(second[key], rel=1e-5, abs=1e-6), key
