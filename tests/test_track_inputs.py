@@ -156,6 +156,16 @@ def test_a_missing_checkpoint_names_the_fix_before_any_frame_is_read(tmp_path, c
     assert "reading frames" not in err and not (tmp_path / "out").exists()
 
 
+def test_a_missing_clipseg_folder_is_reported_before_frames_are_decoded(tmp_path, capsys):
+    src = _frames(tmp_path / "src", [(32, 24)] * 2)
+    sam2 = tmp_path / "sam2.pt"
+    sam2.write_bytes(b"not read: the run stops earlier")
+    code = track.main(["--video", str(src), "--prompt", "child", "--out", str(tmp_path / "out"), "--device", "cpu",
+                       "--sam2-checkpoint", str(sam2), "--seeder", "clipseg", "--clipseg-model", str(tmp_path / "no")])
+    err = capsys.readouterr().err
+    assert code == 2 and "CLIPSeg folder not found" in err and "reading frames" not in err
+
+
 def test_a_missing_groundingdino_checkpoint_is_reported_before_frames_are_decoded(tmp_path, capsys):
     src = _frames(tmp_path / "src", [(32, 24)] * 2)
     sam2 = tmp_path / "sam2.pt"

@@ -22,6 +22,7 @@ from torch_seg.prompts import parse_prompt
 from torch_seg.sam_video import build_video_predictor
 from torch_seg.seeders import DEFAULT_BOX_THRESHOLD, DEFAULT_TEXT_THRESHOLD, build_seeder
 from torch_seg.seeders.base import Seeder, check_thresholds
+from torch_seg.seeders.clipseg import check_clipseg_folder
 from torch_seg.tracking import DEFAULT_MATCH_IOU
 from torch_seg.video import DEFAULT_MAX_OBJECTS, TrackingOptions, VideoTracker
 from torch_seg.video_output import tracks_record, write_tracking_output
@@ -65,6 +66,8 @@ def track_video(video: str | Path, prompt: str, out: str | Path, *, prompt_frame
         # Found (or refused) now, not after minutes of decoding a long video.
         resolve_gdino_checkpoint(gdino_model, gdino_checkpoint)
         resolve_text_encoder(text_encoder)
+    if seeder == "clipseg" and seeder_instance is None and not random_weights:
+        check_clipseg_folder(clipseg_model)
     quiet_library_warnings()
     if random_weights:
         _say("warning: --random-weights: the models have RANDOM weights; boxes, labels and masks are meaningless "

@@ -60,6 +60,13 @@ def _offline_clip_tokenizer_folder() -> Path:
     return folder
 
 
+def check_clipseg_folder(checkpoint) -> None:
+    """A --clipseg-model that is given must be a folder (None means the hub model, for online users)."""
+    if checkpoint is not None and not Path(checkpoint).is_dir():
+        raise UserError(f"CLIPSeg folder not found: {checkpoint} (pass --clipseg-model with a local copy of "
+                        f"{CLIPSEG_MODEL_ID})")
+
+
 def build_clipseg(checkpoint=None, device="cpu", random_weights: bool = False):
     """(processor, model): a local CLIPSeg folder, the hub model when online, or random weights."""
     from transformers import (CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTokenizer,
@@ -79,9 +86,7 @@ def build_clipseg(checkpoint=None, device="cpu", random_weights: bool = False):
         processor = CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer)
         return processor, model.to(device).eval()
     source = str(checkpoint) if checkpoint is not None else CLIPSEG_MODEL_ID
-    if checkpoint is not None and not Path(checkpoint).is_dir():
-        raise UserError(f"CLIPSeg folder not found: {checkpoint} (pass --clipseg-model with a local copy of "
-                        f"{CLIPSEG_MODEL_ID})")
+    check_clipseg_folder(checkpoint)
     try:
         processor = CLIPSegProcessor.from_pretrained(source)
         model = CLIPSegForImageSegmentation.from_pretrained(source)
