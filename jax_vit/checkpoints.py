@@ -48,11 +48,9 @@ def save(manager: ocp.CheckpointManager, state: TrainState, metrics: dict) -> No
     manager.wait_until_finished()
 
 
-def abstract_state(recipe: Recipe, mesh: jax.sharding.Mesh | None = None) -> TrainState:
-    """Shapes, dtypes and (with a mesh) replicated shardings of a train state, for restoring into."""
+def abstract_state(recipe: Recipe, mesh: jax.sharding.Mesh) -> TrainState:
+    """Shapes, dtypes and replicated shardings on `mesh` of a train state, for restoring into."""
     shapes = jax.eval_shape(lambda: init_train_state(recipe))
-    if mesh is None:
-        return shapes
     sharding = NamedSharding(mesh, P())
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
