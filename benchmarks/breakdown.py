@@ -50,7 +50,9 @@ def _timer(fn, sync, steps: int):
 
 def jax_parts(runner: JaxRunner, images, labels):
     config, graphdef = runner.config, runner.recipe.graphdef
-    params = jax.device_get(runner.state.params)
+    # A device copy: host arrays would be transferred again in every timed call, and the train step below
+    # donates (frees) the state's own buffers.
+    params = jax.tree.map(jnp.copy, runner.state.params)
     inputs = normalize(jnp.asarray(images), config)
     targets = smooth_targets(jnp.asarray(labels), config.num_classes, config.label_smoothing)
 

@@ -1,13 +1,14 @@
 """One runner per framework, all with the same face, so the benchmark can interleave them fairly.
 
-- `JaxRunner` drives the production step (`jax_vit.train_step.make_train_step`: jit(shard_map(...)) over
-  all local devices, on-device augmentation included), and for an epoch the trainer's own input path
-  (training set resident on the devices, `make_gather` per batch).
+- `JaxRunner` drives the production step (`jax_vit.train_step.make_train_step`: jit(shard_map(...)), here on
+  one device as PyTorch runs on one, on-device augmentation included), and for an epoch the trainer's own
+  input path (training set resident on the device, `make_gather` per batch).
 - `TorchRunner` drives `benchmarks.torch_train.TorchTrainStep` on the same model, eager or `torch.compile`d,
   and for an epoch a DataLoader with torchvision transforms.
 
-Both start from the same weights (the JAX state, transferred through NumPy), and both read the loss back
-every `SYNC_EVERY` steps during an epoch, as the JAX trainer's progress bar does.
+Both start from the same weights (the JAX state, transferred through NumPy), and both read the losses back
+every `SYNC_EVERY` steps during an epoch, all but the newest, as the JAX trainer does (the device queue never
+drains).
 
 A runner times itself: `first_step()` (tracing + compilation + one step), `run(steps)` (seconds for
 `steps` steps of one fixed in-memory batch, synchronised with the device), `epoch(dataset)`.
@@ -42,11 +43,9 @@ def synthetic_batch(config: Config, batch_size: int, seed: int = 0) -> tuple[np.
 
 
 class JaxRunner:
-    name = "jax"
-
     def __init__(self, config: Config, images: np.ndarray, labels: np.ndarray):
         self.config = config
-        self.mesh = make_mesh()
+        self.mesh = make_mesh(jax.local_devices()[:1])  # one device, as the PyTorch runners use one
         if len(images) % self.mesh.devices.size:
             raise ValueError(f"batch size {len(images)} does not split over {self.mesh.devices.size} devices")
         self.batch_size = len(images)
@@ -121,8 +120,8 @@ class JaxRunner:
             self.state, metrics = self.compiled(self.state, images, labels)
             pending.append(metrics["loss"])
             if len(pending) == SYNC_EVERY:
-                jax.device_get(pending)
-                pending = []
+                jax.device_get(pending[:-1])
+                pending = pending[-1:]
         jax.device_get(pending)
         jax.block_until_ready(self.state)
         return time.perf_counter() - start, steps * self.batch_size
@@ -131,7 +130,6 @@ class JaxRunner:
 class TorchRunner:
     def __init__(self, config: Config, images: np.ndarray, labels: np.ndarray, initial_params, *,
                  compile: bool, loader_workers: int):
-        self.name = "torch-compile" if compile else "torch"
         self.config = config
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size = len(images)
@@ -196,8 +194,8 @@ class TorchRunner:
             pending.append(self.train_step(images, labels))
             seen += len(labels)
             if len(pending) == SYNC_EVERY:
-                torch.stack(pending).tolist()
-                pending = []
+                torch.stack(pending[:-1]).tolist()
+                pending = pending[-1:]
         if pending:
             torch.stack(pending).tolist()
         synchronize(self.device)

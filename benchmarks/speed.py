@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from benchmarks import flops
 from benchmarks.runners import JaxRunner, TorchRunner, synthetic_batch
+from benchmarks.torch_train import autocast_dtype
 from jax_vit.configs import Config
+from jax_vit.model import compute_dtype
 from jax_vit.reporting import write_atomic
 
 FRAMEWORKS = ("jax", "torch", "torch-compile")
@@ -60,7 +63,6 @@ def versions() -> dict[str, str]:
     import jax
     import jaxlib
     import optax
-    import torch
 
     return {
         "python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
@@ -77,6 +79,25 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+# Recipe pieces only the JAX step has (the PyTorch baseline is the write-ups' plain recipe): a config with
+# any of them on would time different work on the two sides.
+JAX_ONLY = ("ema_decay", "mixup_alpha", "cutmix_alpha", "randaugment_ops", "trivial_augment", "random_erasing")
+
+
+def check_comparable(config: Config, frameworks: list[str]) -> None:
+    """Both sides must do the same work on the same kind of device, or the ratios mean nothing."""
+    import jax
+
+    on = [name for name in JAX_ONLY if getattr(config, name)]
+    if on and any(name.startswith("torch") for name in frameworks):
+        raise BenchmarkError(f"{', '.join(on)} run in the JAX step only: benchmark a write-up preset (seed-384x8, "
+                             f"seed-256x6, tiny) or --set them to 0")
+    torch_kind = "gpu" if torch.cuda.is_available() else "cpu"
+    if any(name.startswith("torch") for name in frameworks) and jax.default_backend() != torch_kind:
+        raise BenchmarkError(f"JAX runs on {jax.default_backend()} but PyTorch on {torch_kind}: install the "
+                             f"matching builds (bash scripts/setup.sh gpu) so both use the same device")
 
 
 def make_runners(config: Config, frameworks: list[str], batch_size: int, loader_workers: int):
@@ -99,6 +120,7 @@ def run_benchmark(
     if dataset is not None:
         config = config.replace(dataset=dataset.name, in_channels=dataset.channels,
                                 num_classes=len(dataset.class_names))
+    check_comparable(config, frameworks)
     load_before = machine_load()
     runners = make_runners(config, frameworks, batch_size, loader_workers)
     figures: dict[str, dict[str, Any]] = {name: {"step_seconds": [], "epochs": []} for name in runners}
@@ -175,17 +197,19 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     return ratios
 
 
-def precision(torch_device: str | None, jax_platform: str) -> dict[str, str]:
+def precision(config: Config, torch_device: str | None, jax_platform: str) -> dict[str, str]:
+    """What each framework computes in, from the config's `compute_dtype` (both follow it)."""
+    jax_bf16 = compute_dtype(config, jax_platform) != np.dtype("float32")
+    torch_bf16 = torch_device is not None and autocast_dtype(torch.device(torch_device), config.compute_dtype) is not None
     return {
-        "jax": "bfloat16 compute, float32 params" if jax_platform != "cpu" else "float32",
-        "torch": "bf16 autocast, float32 params" if torch_device == "cuda" else "float32",
+        "jax": "bfloat16 compute, float32 params" if jax_bf16 else "float32",
+        "torch": "bf16 autocast, float32 params" if torch_bf16 else "float32",
     }
 
 
 def build_report(run: dict[str, Any], *, preset: str, command: str) -> dict[str, Any]:
     """The JSON schema, written in one place."""
     import jax
-    import torch
 
     config: Config = run["config"]
     results = {name: _summary(config, run["batch_size"], fig) for name, fig in run["figures"].items()}
@@ -204,7 +228,7 @@ def build_report(run: dict[str, Any], *, preset: str, command: str) -> dict[str,
         "settings": {
             "preset": preset, "batch_size": run["batch_size"], "steps_per_repeat": run["steps"],
             "repeats": run["repeats"], "warmup_steps": run["warmup_steps"], "frameworks": run["frameworks"],
-            "precision": precision(run["torch_device"], jax.default_backend()),
+            "precision": precision(config, run["torch_device"], jax.default_backend()),
             "torch_optimizer": "AdamW(fused=True)", "torch_compile_mode": "default",
             "dataset": run["dataset"], "torch_loader_workers": run["loader_workers"],
             "notes": ("Synthetic steps: one fixed in-memory batch. The JAX step is the production step, so it "

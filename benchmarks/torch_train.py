@@ -77,13 +77,16 @@ def make_optimizer(model: nn.Module, config: Config, schedule: Schedule) -> tupl
     return optimizer, scheduler
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bfloat16 on GPU (tensor cores), none (float32) on CPU: the Flax model's "auto" compute dtype."""
-    return torch.bfloat16 if device.type == "cuda" else None
+def autocast_dtype(device: torch.device, compute_dtype: str = "auto") -> torch.dtype | None:
+    """The Flax model's compute dtype: "auto" is bfloat16 on GPU (tensor cores) and float32 (no autocast) on
+    CPU; "float32" / "bfloat16" are that everywhere, as `--set compute_dtype=...` makes them for JAX."""
+    if compute_dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return torch.bfloat16 if compute_dtype == "bfloat16" else None
 
 
-def autocast(device: torch.device):
-    dtype = autocast_dtype(device)
+def autocast(device: torch.device, compute_dtype: str = "auto"):
+    dtype = autocast_dtype(device, compute_dtype)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -104,7 +107,7 @@ class TorchTrainStep:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.model.train()
-        with autocast(self.device):
+        with autocast(self.device, self.config.compute_dtype):
             logits = self.model(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)

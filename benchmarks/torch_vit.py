@@ -117,7 +117,3 @@ class VisionTransformer(nn.Module):
         # The head runs in float32 even under bf16 autocast, as the Flax head does.
         with torch.autocast(device_type=x.device.type, enabled=False):
             return self.head(x[:, 0].float())
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -79,7 +79,12 @@ class Dropout(_InvertedDrop):
 
 
 class MultiHeadSelfAttention(nnx.Module):
-    """Fused QKV projection and `jax.nn.dot_product_attention` (cuDNN flash attention where available)."""
+    """Fused QKV projection and `jax.nn.dot_product_attention`.
+
+    Its default implementation is XLA's (jax 0.10-0.11 select nothing else on their own); cuDNN's flash
+    kernel would be `implementation="cudnn"` on a GPU, which PyTorch's `scaled_dot_product_attention` picks
+    by itself. Not tried here: no GPU was at hand.
+    """
 
     def __init__(self, config: Config, *, dtype, rngs: nnx.Rngs):
         self.num_heads = config.num_heads

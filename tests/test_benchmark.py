@@ -53,6 +53,8 @@ def test_benchmark_writes_steps_epochs_and_ratios_for_jax_and_torch(tmp_path, ca
     (["--config", "huge"], "unknown preset"),
     (["--set", "depth=two"], "expected a int"),
     (["--data-dir", "/nonexistent/cifar"], "does not exist"),
+    # The PyTorch baseline has none of best's recipe pieces: the two sides would time different work.
+    (["--config", "best", "--frameworks", "jax,torch"], "ema_decay, mixup_alpha, cutmix_alpha run in the JAX step only"),
 ])
 def test_cli_rejects_bad_options_in_one_line_without_output(tmp_path, capsys, args, message):
     out = tmp_path / "bench.json"
@@ -72,3 +74,16 @@ def test_cli_rejects_a_batch_larger_than_the_training_set(tmp_path, capsys, cifa
 
 def test_frameworks_are_parsed_once_each_in_order():
     assert parse_frameworks("torch, jax,torch") == ["torch", "jax"]
+
+
+def test_jax_and_torch_on_different_kinds_of_device_are_refused(monkeypatch):
+    import torch
+
+    from benchmarks.speed import BenchmarkError, check_comparable
+    from jax_vit.configs import get_config
+
+    check_comparable(get_config("seed-384x8"), ["jax", "torch"])  # both on this CPU: comparable
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as CUDA torch beside a CPU-only jax
+    with pytest.raises(BenchmarkError, match="JAX runs on cpu but PyTorch on gpu"):
+        check_comparable(get_config("seed-384x8"), ["jax", "torch"])
+    check_comparable(get_config("seed-384x8"), ["jax"])  # JAX alone compares nothing
