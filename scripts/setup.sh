@@ -18,7 +18,10 @@ if [ "$target" != gpu ]; then
   # PyPI's torch 2.13.0 for Linux is a CUDA 13 build that pulls about 2.2 GB of CUDA wheels: take the CPU
   # build from the PyTorch index first. --retries 0: where that index is out of reach (CI), pip moves on
   # at once to PyPI and local wheels instead of retrying it for every package.
-  "${pip[@]}" --retries 0 --extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0 torchvision==0.28.0
+  # Should that single try fail for another reason (a network hiccup), the requirements below install torch
+  # as before, with pip's retries.
+  "${pip[@]}" --retries 0 --extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0 torchvision==0.28.0 \
+    || echo "note: the CPU build of torch could not be fetched; installing torch from $req instead" >&2
 fi
 "${pip[@]}" -r "$req"
 # sam2 is an sdist whose build needs torch: without --no-build-isolation pip builds it against a fresh
