@@ -18,6 +18,7 @@ if __name__ == "__main__":  # first, so the re-executed process repeats nothing
 from jax_vit.ablation import BASE_FIELDS, GRIDS, AblationError, recipe_grid_ignores, run_grid
 from jax_vit.configs import ConfigError, get_config, parse_overrides
 from jax_vit.data import DATASETS, DataError, load_dataset
+from jax_vit.train import configure_for_dataset
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
             settings = [name.strip() for name in args.settings.split(",") if name.strip()]
         overrides = parse_overrides(args.set)
         dataset = load_dataset(args.dataset, args.data_dir)
-        base = get_config(args.preset, overrides).replace(dataset=args.dataset, in_channels=dataset.channels)
+        base = configure_for_dataset(get_config(args.preset, overrides), dataset)
         ignored = recipe_grid_ignores(overrides) if "best" in grids else []
         if ignored:
             print(f"note: --set {', '.join(ignored)} does not apply to the best grid: each recipe keeps its own "
