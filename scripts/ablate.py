@@ -1,6 +1,6 @@
 """Run ablation grids: `python scripts/ablate.py --grid patch --dataset cifar10 --data-dir DIR --epochs 3 --out DIR`.
 
-Writes runs.jsonl, results.csv, results.md and accuracy.png into --out (see jax_vit/ablation.py).
+Writes runs.jsonl, results.csv, results.md and accuracy.png into --out (see jax_vit/ablation/).
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ if __name__ == "__main__":  # first, so the re-executed process repeats nothing
 
     reexec_under_tcmalloc()  # tcmalloc: XLA:CPU's per-step buffers (see jax_vit/allocator.py)
 
-from jax_vit.ablation import BASE_FIELDS, GRIDS, AblationError, recipe_grid_ignores, run_grid
+from jax_vit.ablation.grids import BASE_FIELDS, GRIDS, AblationError, recipe_grid_ignores
+from jax_vit.ablation.runner import run_grid
 from jax_vit.configs import ConfigError, get_config, parse_overrides
 from jax_vit.data import DATASETS, DataError, load_dataset
 from jax_vit.train import configure_for_dataset

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     try:
         from torch_seg.device import resolve_device
         from torch_seg.pipeline import quiet_library_warnings
-        from torch_seg.video_bench import machine_record, measure_propagation
+        from torch_seg.video.bench import machine_record, measure_propagation
 
         quiet_library_warnings()
         device = resolve_device(args.device)

@@ -15,8 +15,8 @@ import sys
 os.environ.setdefault("USE_TF", "0")  # transformers must not import TensorFlow where it is installed
 
 from torch_seg.cli import add_model_arguments, run_cli
-from torch_seg.tracking import DEFAULT_MATCH_IOU
-from torch_seg.video import DEFAULT_MAX_OBJECTS
+from torch_seg.video.tracking import DEFAULT_MATCH_IOU
+from torch_seg.video.propagation import DEFAULT_MAX_OBJECTS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torch_seg.video_run import summary, track_video
+    from torch_seg.video.run import summary, track_video
 
     record = track_video(
         args.video, args.prompt, args.out, prompt_frame=args.prompt_frame, redetect_every=args.redetect_every,

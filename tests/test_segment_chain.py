@@ -176,7 +176,7 @@ def test_a_file_that_is_not_a_sam2_checkpoint_is_one_line_naming_the_fix(tmp_pat
     import torch
 
     from torch_seg.sam import build_sam2_model
-    from torch_seg.sam_video import build_video_predictor
+    from torch_seg.video.predictor import build_video_predictor
 
     path = tmp_path / "sam2.1_hiera_tiny.pt"
     if content == "html":  # what a failed download through a proxy saves

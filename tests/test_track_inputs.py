@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from torch_seg.errors import UserError
-from torch_seg.frames import open_video
+from torch_seg.video.frames import open_video
 from torch_seg.seeders.base import Detections
-from torch_seg.video import TrackingOptions, VideoTracker
+from torch_seg.video.propagation import TrackingOptions, VideoTracker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import track  # noqa: E402  (scripts/track.py)
@@ -122,7 +122,7 @@ def _never_built():
 
 
 def test_a_prompt_that_finds_nothing_writes_a_valid_empty_tracks_json(tmp_path, capsys):
-    from torch_seg.video_run import summary, track_video
+    from torch_seg.video.run import summary, track_video
 
     src = _frames(tmp_path / "src", [(32, 24)] * 3)
     record = track_video(src, "unicorn", tmp_path / "out", random_weights=True, device="cpu",

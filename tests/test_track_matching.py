@@ -1,7 +1,7 @@
 """Re-detection id matching and per-pixel ownership, on synthetic masks (no models)."""
 import numpy as np
 
-from torch_seg.tracking import LastSeenBoxes, resolve_overlaps, select_new_detections
+from torch_seg.video.tracking import LastSeenBoxes, resolve_overlaps, select_new_detections
 
 
 def _box_mask(x0, y0, x1, y1, shape=(100, 200)):

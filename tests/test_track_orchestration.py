@@ -7,10 +7,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from torch_seg.frames import open_video
+from torch_seg.video.frames import open_video
 from torch_seg.rle import rle_to_mask
 from torch_seg.seeders.base import Detections
-from torch_seg.video import TrackingOptions, VideoTracker
+from torch_seg.video.propagation import TrackingOptions, VideoTracker
 
 H, W, NUM_FRAMES = 40, 60, 6
 

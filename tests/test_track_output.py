@@ -4,11 +4,11 @@ import json
 import numpy as np
 from PIL import Image
 
-from torch_seg import video_output
-from torch_seg.frames import VideoFrames
+from torch_seg.video import output as video_output
+from torch_seg.video.frames import VideoFrames
 from torch_seg.rle import mask_to_rle, rle_to_mask
-from torch_seg.video import TrackedObject, TrackingResult
-from torch_seg.video_output import draw_tracked_objects, tracks_record, write_tracking_output
+from torch_seg.video.propagation import TrackedObject, TrackingResult
+from torch_seg.video.output import draw_tracked_objects, tracks_record, write_tracking_output
 
 H, W = 60, 80
 

@@ -51,7 +51,7 @@ def bedroom_clip(tmp_path_factory, seg_dir):
 
 @pytest.fixture(scope="module")
 def tracked(bedroom_clip, tmp_path_factory):
-    from torch_seg.video_run import track_video
+    from torch_seg.video.run import track_video
 
     out = tmp_path_factory.mktemp("run") / "out"
     record = track_video(bedroom_clip, "child", out, prompt_frame=1, redetect_every=1, max_frames=NUM_FRAMES,
@@ -124,7 +124,7 @@ def test_the_backward_pass_gives_frames_before_the_key_frame_their_masks(tracked
 
 def test_random_weight_groundingdino_seeds_the_tracker_end_to_end(bedroom_clip, tmp_path):
     from torch_seg.text_encoder import SMALL_BERT, write_text_encoder_folder
-    from torch_seg.video_run import track_video
+    from torch_seg.video.run import track_video
 
     text_encoder = write_text_encoder_folder(tmp_path / "bert", **SMALL_BERT)
     # box_threshold 0: random weights score every query low, and this test is about the plumbing
@@ -140,7 +140,7 @@ def test_random_weight_groundingdino_seeds_the_tracker_end_to_end(bedroom_clip, 
 
 
 def test_the_propagation_benchmark_reports_frames_per_second_over_the_tracked_frames(bedroom_clip):
-    from torch_seg.video_bench import machine_record, measure_propagation
+    from torch_seg.video.bench import machine_record, measure_propagation
 
     run = measure_propagation(bedroom_clip, "tiny", num_frames=2, device="cpu")
     assert (run["frames"], run["tracked_frames"], run["frame_size"]) == (2, 1, [960, 540])

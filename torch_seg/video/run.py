@@ -16,16 +16,16 @@ from torch_seg.checkpoints import (DEFAULT_GDINO_MODEL, DEFAULT_SAM2_MODEL, reso
                                    resolve_sam2_checkpoint, resolve_text_encoder)
 from torch_seg.device import resolve_device
 from torch_seg.errors import UserError
-from torch_seg.frames import open_video
+from torch_seg.video.frames import open_video
 from torch_seg.pipeline import RANDOM_WEIGHTS_BANNER, quiet_library_warnings
 from torch_seg.prompts import parse_prompt
-from torch_seg.sam_video import build_video_predictor
+from torch_seg.video.predictor import build_video_predictor
 from torch_seg.seeders import DEFAULT_BOX_THRESHOLD, DEFAULT_TEXT_THRESHOLD, build_seeder
 from torch_seg.seeders.base import Seeder, check_thresholds
 from torch_seg.seeders.clipseg import check_clipseg_folder
-from torch_seg.tracking import DEFAULT_MATCH_IOU
-from torch_seg.video import DEFAULT_MAX_OBJECTS, TrackingOptions, VideoTracker
-from torch_seg.video_output import tracks_record, write_tracking_output
+from torch_seg.video.tracking import DEFAULT_MATCH_IOU
+from torch_seg.video.propagation import DEFAULT_MAX_OBJECTS, TrackingOptions, VideoTracker
+from torch_seg.video.output import tracks_record, write_tracking_output
 
 
 def _say(message: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 
 from jax_vit import reporting
-from jax_vit.ablation import AblationError
+from jax_vit.ablation.grids import AblationError
 from jax_vit.configs import Config
 from jax_vit.data import Dataset
 from jax_vit.model import count_params

@@ -26,10 +26,10 @@ import torch
 
 from torch_seg.device import autocast
 from torch_seg.errors import UserError
-from torch_seg.frames import VideoFrames
+from torch_seg.video.frames import VideoFrames
 from torch_seg.rle import mask_to_rle, rle_to_mask
 from torch_seg.seeders.base import Detections, Seeder
-from torch_seg.tracking import DEFAULT_MATCH_IOU, LastSeenBoxes, resolve_overlaps, select_new_detections
+from torch_seg.video.tracking import DEFAULT_MATCH_IOU, LastSeenBoxes, resolve_overlaps, select_new_detections
 
 DEFAULT_MAX_OBJECTS = 20  # a random-weight or over-eager detector can return hundreds of boxes; SAM 2's cost is per object
 

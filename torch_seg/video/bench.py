@@ -21,8 +21,8 @@ import torch
 
 from torch_seg.device import autocast
 from torch_seg.errors import UserError
-from torch_seg.frames import open_video
-from torch_seg.sam_video import build_video_predictor
+from torch_seg.video.frames import open_video
+from torch_seg.video.predictor import build_video_predictor
 
 
 def _sync(device: torch.device) -> None:

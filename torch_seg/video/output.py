@@ -13,12 +13,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from torch_seg.frames import VideoFrames, frame_file_name
+from torch_seg.video.frames import VideoFrames, frame_file_name
 from torch_seg.boxes import mask_to_box
 from torch_seg.overlay import draw_overlay, palette
 from torch_seg.results import RANDOM_WEIGHTS_NOTE, atomic_dir, write_json
 from torch_seg.rle import mask_area, rle_box
-from torch_seg.video import TrackingResult
+from torch_seg.video.propagation import TrackingResult
 
 TRACKS_SCHEMA_VERSION = 1
 OVERLAY_VIDEO = "overlay.mp4"
