@@ -30,6 +30,9 @@ class Config:
     attention_dropout: float = 0.0
     drop_path_rate: float = 0.2  # rises linearly from 0 at the first block to this at the last
     compute_dtype: str = "auto"  # "auto": bfloat16 on GPU/TPU, float32 on CPU; params stay float32
+    # jax.nn.dot_product_attention's implementation: "xla" (any device) or "cudnn" (cuDNN's fused kernel,
+    # NVIDIA GPUs with bfloat16/float16 compute). "xla" stays the default until a GPU measurement says otherwise.
+    attention: str = "xla"
     # Recipe.
     epochs: int = 100
     batch_size: int = 256  # global, split over all local devices

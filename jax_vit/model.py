@@ -81,13 +81,13 @@ class Dropout(_InvertedDrop):
 class MultiHeadSelfAttention(nnx.Module):
     """Fused QKV projection and `jax.nn.dot_product_attention`.
 
-    Its default implementation is XLA's (jax 0.10-0.11 select nothing else on their own); cuDNN's flash
-    kernel would be `implementation="cudnn"` on a GPU, which PyTorch's `scaled_dot_product_attention` picks
-    by itself. Not tried here: no GPU was at hand.
+    `config.attention` picks its implementation: "xla" (jax 0.10-0.11 select nothing else on their own) or
+    "cudnn", the fused flash kernel that PyTorch's `scaled_dot_product_attention` picks by itself on a GPU.
     """
 
     def __init__(self, config: Config, *, dtype, rngs: nnx.Rngs):
         self.num_heads = config.num_heads
+        self.implementation = config.attention
         self.qkv = nnx.Linear(config.width, 3 * config.width, kernel_init=dense_init, dtype=dtype, rngs=rngs)
         self.proj = nnx.Linear(config.width, config.width, kernel_init=dense_init, dtype=dtype, rngs=rngs)
         self.attention_dropout = Dropout(config.attention_dropout)
@@ -104,7 +104,7 @@ class MultiHeadSelfAttention(nnx.Module):
             weights = self.attention_dropout(weights, train=True, rngs=rngs)
             out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         else:
-            out = jax.nn.dot_product_attention(q, k, v)
+            out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
         return self.proj(out.reshape(batch, tokens, width))
 
 
