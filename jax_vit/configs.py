@@ -5,12 +5,69 @@ experiment is a preset plus a few overrides, never a code change.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 from typing import Any
+
+from jax_vit.data import DATASETS
 
 
 class ConfigError(ValueError):
-    """An unknown preset, an unknown override key or a value of the wrong type."""
+    """An unknown preset, an unknown override key, a value of the wrong type or out of its range."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The numbers a setting may take: `low` to `high` (None: unbounded), an `open` end excluding its bound.
+
+    A bound may name another config field ("learning_rate"): `contains` then takes its value from `refs`.
+    Values must be finite (NaN and inf are refused everywhere); `integer` ranges take ints only.
+    """
+    low: float | str | None = None
+    high: float | str | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+
+    def contains(self, value: Any, refs: dict[str, Any] | None = None) -> bool:
+        kinds = int if self.integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+            return False
+        low, high = ((refs or {}).get(b, b) if isinstance(b, str) else b for b in (self.low, self.high))
+        if low is not None and (value <= low if self.low_open else value < low):
+            return False
+        return high is None or (value < high if self.high_open else value <= high)
+
+    def __str__(self) -> str:
+        noun = "an integer" if self.integer else "a value"
+        low, high = (b if isinstance(b, str) else f"{b:g}" if isinstance(b, float) else str(b)
+                     for b in (self.low, self.high))
+        if self.high is None:
+            return f"{noun} {'>' if self.low_open else '>='} {low}"
+        if self.low is None:
+            return f"{noun} {'<' if self.high_open else '<='} {high}"
+        return f"{noun} in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+    def parse(self, text: str) -> int | float:
+        """An argparse `type=`: the number in `text`, or argparse's one-line error naming this range."""
+        try:
+            value = int(text) if self.integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if self.integer else 'a number'}: "
+                                             f"use {self}") from None
+        if not self.contains(value):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: use {self}")
+        return value
+
+
+POSITIVE_INT = Range(1, integer=True)
+COUNT = Range(0, integer=True)  # 0 allowed: "none" or "off"
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+PROBABILITY = Range(0, 1)
+BELOW_ONE = Range(0, 1, high_open=True)  # a rate of 1 drops everything, a decay of 1 never moves
+SEED = Range(0, 2**32, high_open=True, integer=True)  # numpy's and jax.random's seeds alike
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +165,58 @@ PRESETS: dict[str, Config] = {
 }
 
 
+# Every field's valid values: a Range, or a tuple of the choices. A named bound is checked after its field.
+FIELD_RULES: dict[str, Range | tuple] = {
+    "dataset": tuple(DATASETS),
+    **dict.fromkeys(("image_size", "in_channels", "num_classes", "patch_size", "width", "depth", "num_heads",
+                     "mlp_dim", "epochs", "batch_size"), POSITIVE_INT),
+    **dict.fromkeys(("dropout", "attention_dropout", "drop_path_rate", "label_smoothing", "b1", "b2", "ema_decay"),
+                    BELOW_ONE),
+    # What the code computes in: model.compute_dtype and the PyTorch baseline's autocast both know these three
+    # (float16 would need loss scaling, which the train step does not do).
+    "compute_dtype": ("auto", "float32", "bfloat16"),
+    "attention": ("xla", "cudnn"),  # "cudnn" also needs an NVIDIA GPU: model.check_attention, once it is known
+    "learning_rate": POSITIVE,
+    "min_learning_rate": Range(0, "learning_rate"),  # a floor above the peak would make the cosine rise
+    "warmup_epochs": Range(0, "epochs"),
+    "weight_decay": NON_NEGATIVE,
+    # optax.clip_by_global_norm scales every update to at most this norm: 0 would zero them all (there is
+    # no "off": a large value such as 1e9 never clips).
+    "grad_clip_norm": POSITIVE,
+    "crop_padding": Range(0, "image_size", high_open=True, integer=True),
+    "random_flip": (True, False),
+    "randaugment_ops": COUNT,
+    "randaugment_magnitude": Range(0, 10),  # randaugment.MAX_MAGNITUDE: the RandAugment paper's 0..10 scale
+    "trivial_augment": (True, False),
+    "random_erasing": PROBABILITY,
+    "mixup_alpha": NON_NEGATIVE,
+    "cutmix_alpha": NON_NEGATIVE,
+    "mix_prob": PROBABILITY,
+    "mix_switch_prob": PROBABILITY,
+    "seed": SEED,
+}
+
+
+def check_config(config: Config) -> Config:
+    """`config` itself, or ConfigError naming the first field out of its range and the range to use.
+
+    get_config calls it; call it on a config built with `replace` before training it."""
+    for name, rule in FIELD_RULES.items():
+        value = getattr(config, name)
+        if isinstance(rule, Range):
+            refs = {b: getattr(config, b) for b in (rule.low, rule.high) if isinstance(b, str)}
+            if not rule.contains(value, refs):
+                where = "".join(f" ({k}={v!r})" for k, v in refs.items())
+                raise ConfigError(f"{name}={value!r} is out of range: use {rule}{where}")
+        elif value not in rule or isinstance(value, bool) != isinstance(rule[0], bool):
+            raise ConfigError(f"{name}={value!r} is out of range: use one of {', '.join(map(str, rule))}")
+    if config.image_size % config.patch_size:
+        raise ConfigError(f"patch_size {config.patch_size} does not divide image_size {config.image_size}")
+    if config.width % config.num_heads:
+        raise ConfigError(f"width {config.width} is not divisible by num_heads {config.num_heads}")
+    return config
+
+
 def _parse_value(key: str, raw: str, current: Any) -> Any:
     kind = type(current)
     try:
@@ -133,7 +242,7 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
 
 
 def get_config(preset: str, overrides: dict[str, Any] | None = None) -> Config:
-    """A preset with overrides applied; string values are parsed to the field's type."""
+    """A preset with overrides applied; string values are parsed to the field's type, then range-checked."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     config = PRESETS[preset]
@@ -144,12 +253,7 @@ def get_config(preset: str, overrides: dict[str, Any] | None = None) -> Config:
             raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(sorted(fields))}")
         current = getattr(config, key)
         changes[key] = _parse_value(key, value, current) if isinstance(value, str) else value
-    config = config.replace(**changes)
-    if config.image_size % config.patch_size:
-        raise ConfigError(f"patch_size {config.patch_size} does not divide image_size {config.image_size}")
-    if config.width % config.num_heads:
-        raise ConfigError(f"width {config.width} is not divisible by num_heads {config.num_heads}")
-    return config
+    return check_config(config.replace(**changes))
 
 
 def config_changes(before: dict[str, Any], after: dict[str, Any], limit: int = 4) -> str:
