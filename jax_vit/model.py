@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_vit.configs import Config
+from jax_vit.configs import Config, ConfigError
 
 # Glorot-uniform for dense kernels and small normals for embeddings follow the original ViT code.
 dense_init = nnx.initializers.xavier_uniform()
@@ -26,6 +26,19 @@ def compute_dtype(config: Config, platform: str | None = None) -> jnp.dtype:
         return jnp.dtype(config.compute_dtype)
     platform = platform or jax.default_backend()
     return jnp.dtype(jnp.float32 if platform == "cpu" else jnp.bfloat16)
+
+
+def check_attention(config: Config, dtype, platform: str | None = None) -> None:
+    """ConfigError unless `config.attention` can run here: cuDNN's fused kernel takes only 16-bit inputs on an
+    NVIDIA GPU, with a head dim that is a multiple of 8 (otherwise jax fails deep inside the first step)."""
+    if config.attention != "cudnn":
+        return
+    platform = platform or jax.default_backend()
+    head_dim = config.width // config.num_heads
+    if platform != "gpu" or jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16) or head_dim % 8:
+        raise ConfigError(f"attention=cudnn needs an NVIDIA GPU, bfloat16 compute and a head dim divisible by 8 "
+                          f"(here: {platform}, {jnp.dtype(dtype).name}, width/num_heads={head_dim}): "
+                          f"use attention=xla")
 
 
 class _InvertedDrop(nnx.Module):
@@ -139,6 +152,7 @@ class EncoderBlock(nnx.Module):
 class VisionTransformer(nnx.Module):
     def __init__(self, config: Config, *, rngs: nnx.Rngs, dtype=None):
         dtype = dtype if dtype is not None else compute_dtype(config)
+        check_attention(config, dtype)
         p, width = config.patch_size, config.width
         self.patch_embed = nnx.Conv(
             config.in_channels, width, kernel_size=(p, p), strides=(p, p), padding="VALID",

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from jax_vit import checkpoints, reporting
 from jax_vit.allocator import active_allocator
-from jax_vit.configs import Config
+from jax_vit.configs import Config, ConfigError
 from jax_vit.data import Dataset
 from jax_vit.train_step import (DATA_AXIS, make_eval_step, make_mesh, make_recipe, make_train_step,
                                 create_train_state, replicate_on_mesh, shard_batch)
@@ -45,6 +45,10 @@ class LossDiverged(TrainingError):
 
 
 def configure_for_dataset(config: Config, dataset: Dataset) -> Config:
+    size = dataset.train_images.shape[1]
+    if config.image_size != size:  # the position embeddings would not fit the patches of the first batch
+        raise ConfigError(f"image_size={config.image_size} does not match the {dataset.name} images "
+                          f"({size}x{size}): drop --set image_size or set it to {size}")
     return config.replace(dataset=dataset.name, in_channels=dataset.channels, num_classes=len(dataset.class_names))
 
 
