@@ -17,7 +17,7 @@ if __name__ == "__main__":  # first, so the re-executed process repeats nothing
 
 from jax_vit.ablation.grids import BASE_FIELDS, GRIDS, AblationError, recipe_grid_ignores
 from jax_vit.ablation.runner import run_grid
-from jax_vit.configs import ConfigError, get_config, parse_overrides
+from jax_vit.configs import POSITIVE, POSITIVE_INT, SEED, ConfigError, Range, get_config, parse_overrides
 from jax_vit.data import DATASETS, DataError, load_dataset
 from jax_vit.train import configure_for_dataset
 
@@ -29,14 +29,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS))
     parser.add_argument("--data-dir", required=True, help="folder holding the dataset (see jax_vit/data.py)")
     budget = parser.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--epochs", type=int, help="the same number of epochs for every run")
-    budget.add_argument("--budget-minutes", type=float, help="training minutes per run (epochs from speed)")
+    budget.add_argument("--epochs", type=POSITIVE_INT.parse, help="the same number of epochs for every run")
+    budget.add_argument("--budget-minutes", type=POSITIVE.parse, help="training minutes per run (epochs from speed)")
     parser.add_argument("--preset", default="tiny", help="base preset: model size and recipe of every run")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base config field")
     parser.add_argument("--settings", help="with one grid: only these of its settings, comma-separated "
                         "(names as in its results.md), for example --settings 'best,heavy-aug'")
     parser.add_argument("--seeds", default="0", help="comma-separated run seeds, for example 0,1,2")
-    parser.add_argument("--val-fraction", type=float, default=0.1,
+    parser.add_argument("--val-fraction", type=Range(0, 1, low_open=True, high_open=True).parse, default=0.1,
                         help="share of each class's training images held out to choose settings on")
     parser.add_argument("--out", required=True, help="output folder (resumes the runs already in it)")
     return parser.parse_args(argv)
@@ -44,9 +44,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def parse_seeds(text: str) -> list[int]:
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        seeds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise AblationError(f"--seeds {text!r}: expected comma-separated integers, for example 0,1,2") from None
+        seeds = []
+    if not seeds:  # "," would run no seed at all and report success
+        raise AblationError(f"--seeds {text!r}: expected comma-separated integers, for example 0,1,2")
+    for seed in seeds:
+        if not SEED.contains(seed):
+            raise AblationError(f"--seeds {text!r}: seed {seed} is out of range: use {SEED}")
+    return seeds
 
 
 def machine_header(argv: list[str]) -> str:
@@ -74,8 +80,9 @@ def main(argv=None) -> int:
                 raise AblationError("--settings names the settings of one grid: give a single --grid")
             settings = [name.strip() for name in args.settings.split(",") if name.strip()]
         overrides = parse_overrides(args.set)
+        config = get_config(args.preset, overrides)  # a bad --set fails before the dataset is read
         dataset = load_dataset(args.dataset, args.data_dir)
-        base = configure_for_dataset(get_config(args.preset, overrides), dataset)
+        base = configure_for_dataset(config, dataset)
         ignored = recipe_grid_ignores(overrides) if "best" in grids else []
         if ignored:
             print(f"note: --set {', '.join(ignored)} does not apply to the best grid: each recipe keeps its own "

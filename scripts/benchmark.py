@@ -33,33 +33,30 @@ if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="benchmark-inductor-")
     atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
-from jax_vit.configs import PRESETS, ConfigError, get_config, parse_overrides  # noqa: E402
+from jax_vit.configs import COUNT, POSITIVE_INT, PRESETS, ConfigError, get_config, parse_overrides  # noqa: E402
 from jax_vit.data import DataError, load_dataset  # noqa: E402
 from benchmarks.speed import (  # noqa: E402
     BenchmarkError, build_report, command_line, format_table, parse_frameworks, run_benchmark, write_json_atomic,
 )
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="seed-384x8", help=f"preset: {', '.join(PRESETS)}")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
-    parser.add_argument("--batch-size", type=positive, default=512)
-    parser.add_argument("--steps", type=positive, default=20, help="timed steps per repetition")
-    parser.add_argument("--repeats", type=positive, default=5, help="interleaved repetitions (medians reported)")
-    parser.add_argument("--warmup-steps", type=int, default=3, help="untimed steps after the first (compiling) one")
+    parser.add_argument("--batch-size", type=POSITIVE_INT.parse, default=512)
+    parser.add_argument("--steps", type=POSITIVE_INT.parse, default=20, help="timed steps per repetition")
+    parser.add_argument("--repeats", type=POSITIVE_INT.parse, default=5,
+                        help="interleaved repetitions (medians reported)")
+    parser.add_argument("--warmup-steps", type=COUNT.parse, default=3,
+                        help="untimed steps after the first (compiling) one")
     parser.add_argument("--frameworks", default="jax,torch,torch-compile")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="CIFAR-10 data (e.g. ../shared/data) for the end-to-end epoch timing; omit to skip it")
-    parser.add_argument("--epoch-repeats", type=int, default=1, help="epochs per framework on the real data")
-    parser.add_argument("--loader-workers", type=int, default=2, help="PyTorch DataLoader worker processes")
+    parser.add_argument("--epoch-repeats", type=POSITIVE_INT.parse, default=1,
+                        help="epochs per framework on the real data")
+    parser.add_argument("--loader-workers", type=COUNT.parse, default=2,
+                        help="PyTorch DataLoader worker processes (0: load in the main process)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
