@@ -9,7 +9,8 @@ _SEPARATORS = re.compile(r"[.;\n]")
 
 
 def parse_prompt(prompt: str | None) -> list[str]:
-    """Split a prompt into lowercase phrases on '.', ';' or newlines; an empty prompt is a user error.
+    """Split a prompt into lowercase phrases on '.', ';' or newlines; an empty prompt, or a phrase with no
+    letter or digit, is a user error.
 
     "Truck. wheel." -> ["truck", "wheel"]; "paper bag" -> ["paper bag"]; inner whitespace is collapsed.
     """
@@ -19,6 +20,15 @@ def parse_prompt(prompt: str | None) -> list[str]:
     phrases = [p for p in phrases if p]
     if not phrases:
         raise UserError(f"the prompt {prompt!r} holds no words: pass e.g. --prompt \"truck. wheel.\"")
+    # A phrase of punctuation only ("!!" in "truck. !!") names no object, but the detector would still get it
+    # as one and label boxes with it. It is refused rather than dropped: empty fragments ("truck. . wheel")
+    # already vanish above, so what is left was typed on purpose or is a mistake (a shell-mangled word, a
+    # wrong separator) that the user should see rather than get a silently shorter prompt.
+    # str.isalnum, not [a-z0-9]: phrases in other scripts have letters too.
+    nameless = [p for p in phrases if not any(ch.isalnum() for ch in p)]
+    if nameless:
+        raise UserError(f"the prompt phrase {nameless[0]!r} has no letter or digit: a phrase names an object, "
+                        f"e.g. --prompt \"truck. paper bag.\" (phrases are separated by '.', ';' or new lines)")
     # Duplicates add nothing for the detector but would split its attention between identical phrases.
     return list(dict.fromkeys(phrases))
 
