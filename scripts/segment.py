@@ -14,7 +14,7 @@ from pathlib import Path
 
 os.environ.setdefault("USE_TF", "0")  # transformers must not import TensorFlow where it is installed
 
-from torch_seg.cli import add_model_arguments, run_cli
+from torch_seg.cli import add_model_arguments, check_at_least, run_cli
 from torch_seg.errors import UserError
 from torch_seg.seeders import DEFAULT_MAX_DETECTIONS
 
@@ -37,14 +37,16 @@ def run(args: argparse.Namespace) -> int:
     from torch_seg.images import list_images, output_names
     from torch_seg.pipeline import TextSegmenter, quiet_library_warnings
     from torch_seg.prompts import parse_prompt
+    from torch_seg.seeders.base import check_thresholds
 
-    parse_prompt(args.prompt)  # an empty prompt fails before any model is built
+    # Prompt and numbers first: they fail before any path is looked at or any model is built.
+    parse_prompt(args.prompt)
+    check_at_least("--max-detections", args.max_detections, 1)
+    check_thresholds(box_threshold=args.box_threshold, text_threshold=args.text_threshold)
     sources = [str(p) for p in list_images(args.image_dir)] if args.image_dir else list(args.image)
     for source in sources:  # fail fast, before minutes of model loading
         if not source.startswith(("http://", "https://")) and not Path(source).is_file():
             raise UserError(f"image not found: {source} (check the path)")
-    if args.max_detections < 1:
-        raise UserError("--max-detections must be at least 1")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder: choose another path")

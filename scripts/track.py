@@ -14,7 +14,7 @@ import sys
 
 os.environ.setdefault("USE_TF", "0")  # transformers must not import TensorFlow where it is installed
 
-from torch_seg.cli import add_model_arguments, run_cli
+from torch_seg.cli import add_model_arguments, check_at_least, run_cli
 from torch_seg.video.tracking import DEFAULT_MATCH_IOU
 from torch_seg.video.propagation import DEFAULT_MAX_OBJECTS
 
@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     from torch_seg.video.run import summary, track_video
 
+    # track_video checks the other options before anything heavy; --max-frames only when it opens the video,
+    # after the checkpoints are found, so a missing checkpoint would hide it.
+    check_at_least("--max-frames", args.max_frames, 1)
     record = track_video(
         args.video, args.prompt, args.out, prompt_frame=args.prompt_frame, redetect_every=args.redetect_every,
         max_frames=args.max_frames, sam2_model=args.sam2_model, sam2_checkpoint=args.sam2_checkpoint,

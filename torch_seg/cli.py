@@ -30,6 +30,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="real architectures with random weights, no checkpoints: for tests and trying the plumbing")
 
 
+def check_at_least(option: str, value: int | None, minimum: int) -> None:
+    """UserError unless the count `value` is at least `minimum` (None: the option was not given)."""
+    if value is not None and value < minimum:
+        raise UserError(f"{option} must be at least {minimum}, got {value}")
+
+
 def run_cli(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Runs `run(args)`; a UserError becomes `error: <message>` and exit status 2, Ctrl-C exit status 130."""
     try:
