@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch_seg import _torchvision_compat  # noqa: F401  (before anything imports torchvision)
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -34,7 +35,10 @@ def write_text_encoder_folder(folder: str | Path, **bert_config) -> Path:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    BertTokenizerFast(vocab_file=str(offline_vocab_path()), do_lower_case=True).save_pretrained(folder)
+    # Loaded from the folder, not built with vocab_file=: transformers 5's BertTokenizerFast ignores that
+    # argument and silently tokenizes everything as [UNK] (its constructor takes `vocab` instead).
+    shutil.copyfile(offline_vocab_path(), folder / "vocab.txt")
+    BertTokenizerFast.from_pretrained(folder, do_lower_case=True).save_pretrained(folder)
     BertConfig(**{**BERT_BASE, **bert_config}).save_pretrained(folder)
     return folder
 

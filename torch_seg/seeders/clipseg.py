@@ -47,13 +47,18 @@ def heatmap_to_regions(heat: np.ndarray, threshold: float, min_area_fraction: fl
     return sorted(regions, key=lambda r: -r[1])
 
 
+def _byte_level_alphabet() -> list[str]:
+    """CLIP's (GPT-2's) byte-level alphabet: the printable Latin-1 bytes as themselves, then the other bytes
+    shifted past 255, in that order (transformers 5 no longer exports its `bytes_to_unicode`)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    return [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
+
+
 def _offline_clip_tokenizer_folder() -> Path:
     """A byte-level CLIP tokenizer without merges (every character a token), for random-weight runs only:
     the real BPE vocabulary ships with the CLIPSeg checkpoint, which cannot be fetched offline."""
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
-
     folder = Path(tempfile.mkdtemp(prefix="torch_seg_clip_tok_"))
-    chars = list(bytes_to_unicode().values())
+    chars = _byte_level_alphabet()
     vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
