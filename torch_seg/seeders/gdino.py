@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from torch_seg import _transformers_compat
 from torch_seg.boxes import cxcywh_normalized_to_xyxy_pixels
 from torch_seg.checkpoints import (DEFAULT_GDINO_MODEL, GDINO_MODELS, gdino_config_path, resolve_gdino_checkpoint,
                                    resolve_text_encoder, sha256_of)
@@ -72,6 +73,7 @@ def build_gdino_model(model_name: str = DEFAULT_GDINO_MODEL, checkpoint=None, te
     from groundingdino.models import build_model
     from groundingdino.util.slconfig import SLConfig
 
+    _transformers_compat.install()  # groundingdino's BERT wrapper predates transformers 5
     config_path = gdino_config_path(model_name)
     ckpt_path = None if random_weights else resolve_gdino_checkpoint(model_name, checkpoint)
     text_encoder = resolve_text_encoder(text_encoder, random_weights)
