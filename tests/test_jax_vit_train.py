@@ -17,7 +17,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jax_vit import checkpoints
-from jax_vit.configs import get_config
+from jax_vit.configs import FIELD_RULES, NON_NEGATIVE, get_config
 from jax_vit.data import load_dataset
 from jax_vit.train import train_and_evaluate
 from jax_vit.train_step import (DATA_AXIS, init_train_state, make_mesh, make_pmap_train_step, make_recipe,
@@ -333,9 +333,10 @@ def test_a_workdir_holding_another_run_is_refused_and_left_untouched(capsys, tmp
 
 
 def test_a_loss_that_turns_nan_stops_keeps_the_last_good_checkpoint_and_names_the_step(
-        capsys, tmp_path, small_cifar_dir):
+        capsys, tmp_path, small_cifar_dir, monkeypatch):
     # A "floor" of 1e30 makes the cosine phase (after the 1-epoch warm-up) climb to absurd learning rates:
-    # epoch 1 trains normally, epoch 2 blows up for real.
+    # epoch 1 trains normally, epoch 2 blows up for real. get_config refuses a floor above the peak; let it here.
+    monkeypatch.setitem(FIELD_RULES, "min_learning_rate", NON_NEGATIVE)
     workdir = tmp_path / "run"
     code, errors = _run_cli(capsys, "train", "--data-dir", small_cifar_dir, "--workdir", workdir, "--no-progress",
                             "--epochs", "3", "--batch-size", "64", "--set", "depth=2", "--set", "warmup_epochs=1",
@@ -348,9 +349,11 @@ def test_a_loss_that_turns_nan_stops_keeps_the_last_good_checkpoint_and_names_th
     assert [json.loads(line)["epoch"] for line in (workdir / "metrics.jsonl").read_text().splitlines()] == [1]
 
 
-def test_weights_broken_by_an_epochs_last_update_are_never_checkpointed(capsys, tmp_path, small_cifar_dir):
+def test_weights_broken_by_an_epochs_last_update_are_never_checkpointed(capsys, tmp_path, small_cifar_dir,
+                                                                        monkeypatch):
     """No step's loss covers the epoch's last update: with the cosine phase from step 3 of 5, epoch 1's last
     updates leave huge weights whose every step loss was finite; they must not be saved as a good checkpoint."""
+    monkeypatch.setitem(FIELD_RULES, "min_learning_rate", NON_NEGATIVE)  # the 1e30 floor get_config refuses
     workdir = tmp_path / "run"
     code, errors = _run_cli(capsys, "train", "--data-dir", small_cifar_dir, "--workdir", workdir, "--no-progress",
                             "--epochs", "3", "--batch-size", "64", "--set", "depth=1", "--set", "warmup_epochs=0.6",
