@@ -207,9 +207,10 @@ def check_config(config: Config) -> Config:
             refs = {b: getattr(config, b) for b in (rule.low, rule.high) if isinstance(b, str)}
             if not rule.contains(value, refs):
                 where = "".join(f" ({k}={v!r})" for k, v in refs.items())
-                raise ConfigError(f"{name}={value!r} is out of range: use {rule}{where}")
+                raise ConfigError(f"{name}={value!r} is out of range: use {rule}{where}, e.g. with --set {name}=...")
         elif value not in rule or isinstance(value, bool) != isinstance(rule[0], bool):
-            raise ConfigError(f"{name}={value!r} is out of range: use one of {', '.join(map(str, rule))}")
+            raise ConfigError(f"{name}={value!r} is out of range: use one of {', '.join(map(str, rule))} "
+                              f"(--set {name}=...)")
     if config.image_size % config.patch_size:
         raise ConfigError(f"patch_size {config.patch_size} does not divide image_size {config.image_size}")
     if config.width % config.num_heads:
