@@ -55,6 +55,11 @@ class JaxRunner:
         self.images, self.labels = shard_batch(self.mesh, images, labels)
         self.compiled = None
         self.compiled_memory_bytes = None
+        self.last_metrics = None
+
+    @property
+    def attention(self) -> str:
+        return self.config.attention
 
     @property
     def device(self) -> jax.Device:
@@ -72,8 +77,8 @@ class JaxRunner:
         """Ahead-of-time lowering and compilation of the production step, then one step: seconds."""
         start = time.perf_counter()
         self.compiled = self.train_step.lower(self.state, self.images, self.labels).compile()
-        self.state, metrics = self.compiled(self.state, self.images, self.labels)
-        jax.block_until_ready(metrics)
+        self.state, self.last_metrics = self.compiled(self.state, self.images, self.labels)
+        jax.block_until_ready(self.last_metrics)
         elapsed = time.perf_counter() - start
         analysis = self.compiled.memory_analysis()
         if analysis is not None:
@@ -87,9 +92,13 @@ class JaxRunner:
         jax.block_until_ready(self.state)
         start = time.perf_counter()
         for _ in range(steps):
-            self.state, _ = self.compiled(self.state, self.images, self.labels)
+            self.state, self.last_metrics = self.compiled(self.state, self.images, self.labels)
         jax.block_until_ready(self.state)
         return time.perf_counter() - start
+
+    def last_loss(self) -> float:
+        """The loss of the newest step on the fixed batch (read after the timing, so it costs none)."""
+        return float(jax.device_get(self.last_metrics["loss"]))
 
     def peak_memory_bytes(self) -> int | None:
         """The device allocator's peak (GPU/TPU); None on CPU, where XLA keeps no such statistics."""
@@ -143,6 +152,8 @@ class TorchRunner:
         self.images = torch.from_numpy(np.ascontiguousarray(normalised)).to(self.device)
         self.labels = torch.from_numpy(labels.astype(np.int64)).to(self.device)
         self.peak_bytes = None
+        self.loss = None
+        self.attention = "sdpa"  # F.scaled_dot_product_attention, which picks its kernel itself
 
     @property
     def device_name(self) -> str:
@@ -152,7 +163,7 @@ class TorchRunner:
         """Seconds for the first step: tracing and Inductor compilation for `torch.compile`, none for eager."""
         synchronize(self.device)
         start = time.perf_counter()
-        self.train_step(self.images, self.labels)
+        self.loss = self.train_step(self.images, self.labels)
         synchronize(self.device)
         return time.perf_counter() - start
 
@@ -162,13 +173,16 @@ class TorchRunner:
         synchronize(self.device)
         start = time.perf_counter()
         for _ in range(steps):
-            self.train_step(self.images, self.labels)
+            self.loss = self.train_step(self.images, self.labels)
         synchronize(self.device)
         elapsed = time.perf_counter() - start
         if self.device.type == "cuda":
             # Reset before each of its own runs, so eager and compiled PyTorch each report their own peak.
             self.peak_bytes = max(self.peak_bytes or 0, torch.cuda.max_memory_allocated(self.device))
         return elapsed
+
+    def last_loss(self) -> float:
+        return float(self.loss)
 
     def peak_memory_bytes(self) -> int | None:
         """PyTorch's CUDA allocator peak; None on CPU, where PyTorch keeps no such statistics."""

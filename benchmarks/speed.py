@@ -29,7 +29,8 @@ from jax_vit.configs import Config
 from jax_vit.model import compute_dtype
 from jax_vit.reporting import write_atomic
 
-FRAMEWORKS = ("jax", "torch", "torch-compile")
+# "jax" runs the config's attention (XLA by default), "jax-cudnn" the same step with cuDNN's fused attention.
+FRAMEWORKS = ("jax", "jax-cudnn", "torch", "torch-compile")
 SCHEMA = "vit-speed-benchmark/1"
 # Settings that change the figures, recorded with them.
 ENVIRONMENT_KEYS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE",
@@ -94,6 +95,9 @@ def check_comparable(config: Config, frameworks: list[str]) -> None:
     if on and any(name.startswith("torch") for name in frameworks):
         raise BenchmarkError(f"{', '.join(on)} run in the JAX step only: benchmark a write-up preset (seed-384x8, "
                              f"seed-256x6, tiny) or --set them to 0")
+    if "jax-cudnn" in frameworks and jax.default_backend() != "gpu":
+        raise BenchmarkError(f"jax-cudnn (cuDNN's fused attention) needs an NVIDIA GPU, and JAX runs on "
+                             f"{jax.default_backend()} here: leave it out of --frameworks")
     torch_kind = "gpu" if torch.cuda.is_available() else "cpu"
     if any(name.startswith("torch") for name in frameworks) and jax.default_backend() != torch_kind:
         raise BenchmarkError(f"JAX runs on {jax.default_backend()} but PyTorch on {torch_kind}: install the "
@@ -105,10 +109,35 @@ def make_runners(config: Config, frameworks: list[str], batch_size: int, loader_
     jax_runner = JaxRunner(config, images, labels)  # always built: it holds the shared starting weights
     runners = {"jax": jax_runner} if "jax" in frameworks else {}
     for name in frameworks:
-        if name.startswith("torch"):
+        if name == "jax-cudnn":  # the same starting weights: the same config seeds them
+            runners[name] = JaxRunner(config.replace(attention="cudnn"), images, labels)
+        elif name.startswith("torch"):
             runners[name] = TorchRunner(config, images, labels, jax_runner.initial_params(),
                                         compile=name == "torch-compile", loader_workers=loader_workers)
     return runners
+
+
+def attention_agreement(config: Config, batch_size: int) -> dict[str, Any]:
+    """XLA's and cuDNN's `jax.nn.dot_product_attention` on the model's shapes in its compute dtype, each against
+    a float32 reference: cuDNN "computes the same" when its largest error is at most twice XLA's (both round
+    to bfloat16, in different orders)."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    dtype = compute_dtype(config, jax.default_backend())
+    shape = (batch_size, config.num_patches + 1, config.num_heads, config.width // config.num_heads)
+    q, k, v = (jax.random.normal(key, shape, jnp.float32) for key in jax.random.split(jax.random.key(0), 3))
+    with jax.default_matmul_precision("highest"):
+        reference = jax.nn.dot_product_attention(q, k, v, implementation="xla")
+    errors = {}
+    for implementation in ("xla", "cudnn"):
+        attend = jax.jit(functools.partial(jax.nn.dot_product_attention, implementation=implementation))
+        out = attend(q.astype(dtype), k.astype(dtype), v.astype(dtype)).astype(jnp.float32)
+        errors[implementation] = float(jnp.max(jnp.abs(out - reference)))
+    return {"dtype": str(np.dtype(dtype)), "shape_bthd": list(shape), "max_abs_error_vs_float32": errors,
+            "same": errors["cudnn"] <= 2 * errors["xla"] + 1e-6}
 
 
 def run_benchmark(
@@ -126,7 +155,7 @@ def run_benchmark(
     figures: dict[str, dict[str, Any]] = {name: {"step_seconds": [], "epochs": []} for name in runners}
     for name, runner in runners.items():
         figures[name]["first_step_s"] = runner.first_step()
-        runner.run(warmup_steps)
+        figures[name]["warmup_s"] = runner.run(warmup_steps)
 
     rounds = tqdm(range(repeats), desc="timed rounds", disable=not progress)
     names = list(runners)
@@ -147,9 +176,12 @@ def run_benchmark(
     for name, runner in runners.items():
         figures[name]["device"] = runner.device_name
         figures[name]["peak_memory_bytes"] = runner.peak_memory_bytes()
-        if name == "jax":
+        figures[name]["attention"] = runner.attention
+        figures[name]["final_loss"] = runner.last_loss()
+        if isinstance(runner, JaxRunner):
             figures[name]["compiled_memory_bytes"] = runner.compiled_memory_bytes
     return {
+        "attention_check": attention_agreement(config, batch_size) if "jax-cudnn" in runners else None,
         "config": config, "frameworks": names, "batch_size": batch_size, "steps": steps, "repeats": repeats,
         "warmup_steps": warmup_steps, "figures": figures, "load_before": load_before, "load_after": machine_load(),
         "dataset": None if dataset is None else {"name": dataset.name, "source": dataset.source,
@@ -165,6 +197,12 @@ def _summary(config: Config, batch_size: int, fig: dict[str, Any]) -> dict[str, 
     out = {
         "device": fig["device"],
         "first_step_s": fig["first_step_s"],
+        "warmup_s": fig.get("warmup_s"),
+        "attention": fig.get("attention"),
+        # The loss of the last timed step on the one fixed batch: every runner trains the same weights on it the
+        # same number of steps, so the JAX attention implementations must agree here (PyTorch gets
+        # un-augmented images, so its loss falls on another path).
+        "final_loss": fig.get("final_loss"),
         "step_ms_median": 1e3 * step_s,
         "step_ms_all": [1e3 * s for s in fig["step_seconds"]],
         "images_per_s": images_per_s,
@@ -184,16 +222,16 @@ def _summary(config: Config, batch_size: int, fig: dict[str, Any]) -> dict[str, 
 
 
 def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """JAX's throughput over each PyTorch variant's (above 1: JAX is faster)."""
+    """Each JAX variant's throughput over each PyTorch variant's, and cuDNN attention's over XLA's (above 1:
+    the first is faster)."""
+    pairs = [(a, b) for a in ("jax", "jax-cudnn") for b in results if a in results and b.startswith("torch")]
+    if "jax" in results and "jax-cudnn" in results:
+        pairs.append(("jax-cudnn", "jax"))
     ratios = {}
-    if "jax" not in results:
-        return ratios
-    for name, result in results.items():
-        if name == "jax":
-            continue
-        ratios[f"jax/{name}"] = results["jax"]["images_per_s"] / result["images_per_s"]
-        if "epoch" in result and "epoch" in results["jax"]:
-            ratios[f"jax/{name} epoch"] = result["epoch"]["seconds_median"] / results["jax"]["epoch"]["seconds_median"]
+    for a, b in pairs:
+        ratios[f"{a}/{b}"] = results[a]["images_per_s"] / results[b]["images_per_s"]
+        if "epoch" in results[a] and "epoch" in results[b]:
+            ratios[f"{a}/{b} epoch"] = results[b]["epoch"]["seconds_median"] / results[a]["epoch"]["seconds_median"]
     return ratios
 
 
@@ -247,6 +285,7 @@ def build_report(run: dict[str, Any], *, preset: str, command: str) -> dict[str,
         },
         "results": results,
         "ratios": _ratios(results),
+        "attention_check": run.get("attention_check"),
     }
 
 
