@@ -80,7 +80,10 @@ def measure_propagation(video: str | Path, model_name: str = "tiny", *, num_fram
             init_s = time.perf_counter() - started
             per_frame_s = []
             cpu_s = 0.0
+            warmup_started = time.perf_counter()
             for run in range(warmup_passes + 1):
+                if run == warmup_passes:  # the warm-up passes (kernel choice, torch.compile) end here
+                    warmup_s = time.perf_counter() - warmup_started
                 predictor.reset_state(state)
                 for obj_id, box in enumerate(boxes, start=1):
                     predictor.add_new_points_or_box(state, frame_idx=0, obj_id=obj_id, box=box)
@@ -99,7 +102,7 @@ def measure_propagation(video: str | Path, model_name: str = "tiny", *, num_fram
     return {"model": f"sam2.1_hiera_{model_name}", "frames": len(frames), "frame_size": [frames.width, frames.height],
             "objects": num_objects, "dtype": "bf16 autocast" if device.type == "cuda" else "float32",
             "vos_optimized": vos_optimized, "warmup_passes": warmup_passes, "build_s": round(build_s, 3),
-            "init_state_s": round(init_s, 3), "tracked_frames": len(tracked),
+            "init_state_s": round(init_s, 3), "warmup_s": round(warmup_s, 3), "tracked_frames": len(tracked),
             "frames_per_s": round(len(tracked) / sum(tracked), 4),
             "median_frame_ms": round(1e3 * statistics.median(tracked), 2),
             # CPU seconds of this process per tracked frame (all threads): unlike wall time, other users' load on a
