@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import importlib
 
-from torch_seg import _torchvision_compat  # noqa: F401  (must run before torchvision is imported)
+from torch_seg import _deps
+
+_deps.require_seg_extra()  # a missing package is one line naming `pip install "vit-sam2-lab[seg]"`
+from torch_seg import _torchvision_compat  # noqa: E402,F401  (must run before torchvision is imported)
 
 _EXPORTS = {
     "TextSegmenter": "torch_seg.pipeline",

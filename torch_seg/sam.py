@@ -10,6 +10,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from torch_seg._deps import require
 from torch_seg.checkpoints import DEFAULT_SAM2_MODEL, resolve_sam2_checkpoint, sam2_config
 from torch_seg.device import autocast
 from torch_seg.errors import UserError
@@ -23,6 +24,7 @@ def build_sam2_model(model_name: str = DEFAULT_SAM2_MODEL, checkpoint=None, devi
 
     With `random_weights` no checkpoint is read; otherwise `checkpoint` (or the default local file) must exist.
     """
+    require("sam2.build_sam")  # sam2 is not in the [seg] extra (see torch_seg/_deps.py)
     from sam2.build_sam import build_sam2
 
     config = sam2_config(model_name)

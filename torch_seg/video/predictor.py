@@ -5,6 +5,7 @@ from torch_seg import _torchvision_compat  # noqa: F401  (before anything import
 
 import torch
 
+from torch_seg._deps import require
 from torch_seg.checkpoints import DEFAULT_SAM2_MODEL, resolve_sam2_checkpoint, sam2_config
 from torch_seg.errors import UserError
 from torch_seg.sam import RANDOM_WEIGHTS_SEED, sam2_checkpoint_errors
@@ -18,6 +19,7 @@ def build_video_predictor(model_name: str = DEFAULT_SAM2_MODEL, checkpoint=None,
     attention, memory encoder and SAM heads (mode max-autotune): the setting behind the SAM 2 authors' speed
     figures. It is meant for CUDA; compiling takes minutes on first use.
     """
+    require("sam2.build_sam")  # sam2 is not in the [seg] extra (see torch_seg/_deps.py)
     from sam2.build_sam import build_sam2_video_predictor
 
     config = sam2_config(model_name)
