@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import importlib
 
+from jax_vit import _deps
+
+_deps.require_vit_extra()  # a missing package is one line naming `pip install "vit-sam2-lab[vit]"`
+
 _EXPORTS = {
     "Config": "jax_vit.configs",
     "get_config": "jax_vit.configs",
