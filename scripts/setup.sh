@@ -1,19 +1,36 @@
 #!/usr/bin/env bash
-# Creates the project's virtual environment in .venv and installs everything into it.
-#   bash scripts/setup.sh        CPU (development, CI, laptops)
-#   bash scripts/setup.sh gpu    CUDA 12 machine or Colab GPU runtime (requirements-gpu.txt)
-#   bash scripts/setup.sh tpu    Colab TPU runtime (the CPU set, then jax with libtpu; no CUDA on a TPU VM)
+# Creates the project's virtual environment and installs the locked set into it:
+#   bash scripts/setup.sh        CPU (development, CI, laptops): requirements.txt
+#   bash scripts/setup.sh gpu    CUDA 12 machine (requirements-gpu.txt)
+#   bash scripts/setup.sh tpu    TPU VM (the CPU set, then jax with libtpu; no CUDA on a TPU VM)
+#   bash scripts/setup.sh newest the CPU set with jax, flax, optax, orbax-checkpoint, transformers and numpy at
+#                                their newest releases (requirements-newest.txt; CI's second environment)
+# The venv is .venv, or the folder in $VENV (VENV=.venv-newest bash scripts/setup.sh newest).
+#
+# Or installs the project into the current Python environment, keeping its torch, torchvision and jax
+# (Colab GPU and TPU runtimes, machines with their own CUDA builds); refuses if they are missing or too old:
+#   bash scripts/setup.sh system                     from PyPI
+#   bash scripts/setup.sh system --wheelhouse DIR    from DIR only, no network (python scripts/wheelhouse.py DIR)
+# $PYTHON picks the environment's Python (default python3). See scripts/install_env.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${1:-cpu}
 python=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$python" -m venv .venv
-pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+usage="usage: bash scripts/setup.sh [cpu|gpu|tpu|newest] | bash scripts/setup.sh system [--wheelhouse DIR]"
+if [ "$target" = system ]; then
+  shift
+  exec "$python" scripts/install_env.py system "$@"
+fi
+[ $# -le 1 ] || { echo "$usage (--wheelhouse works with system only: a venv has no torch or jax to keep)" >&2; exit 2; }
+venv=${VENV:-.venv}
 case "$target" in
   cpu|tpu) req=requirements.txt ;;
   gpu) req=requirements-gpu.txt ;;
-  *) echo "usage: bash scripts/setup.sh [cpu|gpu|tpu]" >&2; exit 2 ;;
+  newest) req=requirements-newest.txt ;;
+  *) echo "$usage" >&2; exit 2 ;;
 esac
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 if [ "$target" != gpu ]; then
   # PyPI's torch 2.13.0 for Linux is a CUDA 13 build that pulls about 2.2 GB of CUDA wheels: take the CPU
   # build from the PyTorch index first. --retries 0: where that index is out of reach (CI), pip moves on
@@ -33,7 +50,7 @@ SAM2_BUILD_CUDA=0 "${pip[@]}" --no-build-isolation sam2==1.1.0
 "${pip[@]}" --no-deps -e .
 [ "$target" = tpu ] && "${pip[@]}" "jax[tpu]==0.10.2"
 # Optional, a system library: the JAX scripts run under tcmalloc when it is installed (jax_vit/allocator.py).
-if ! .venv/bin/python -c "import sys; from jax_vit.allocator import find_tcmalloc; sys.exit(find_tcmalloc() is None)"; then
+if ! "$venv/bin/python" -c "import sys; from jax_vit.allocator import find_tcmalloc; sys.exit(find_tcmalloc() is None)"; then
   echo "note: apt-get install libtcmalloc-minimal4 makes JAX training on the CPU about 1.4x faster (README, Speed)"
 fi
-echo "ready: .venv ($target)"
+echo "ready: $venv ($target)"
