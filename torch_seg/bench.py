@@ -193,4 +193,5 @@ def measure_segmentation(image_dir: str | Path, *, prompt: str, device: torch.de
         "per_image": per_image,
         "chain_ms_mean_over_images": mean_ms,
         "images_per_s_chain_folder": round(images_per_s, 4),
+        "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
     }

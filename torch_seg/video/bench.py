@@ -105,6 +105,7 @@ def measure_propagation(video: str | Path, model_name: str = "tiny", *, num_fram
             "init_state_s": round(init_s, 3), "warmup_s": round(warmup_s, 3), "tracked_frames": len(tracked),
             "frames_per_s": round(len(tracked) / sum(tracked), 4),
             "median_frame_ms": round(1e3 * statistics.median(tracked), 2),
+            "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
             # CPU seconds of this process per tracked frame (all threads): unlike wall time, other users' load on a
             # shared machine barely changes it; threads / cpu_s_per_frame estimates frames/s on an idle machine.
             "cpu_s_per_frame": round(cpu_s / len(tracked), 3),
