@@ -224,3 +224,17 @@ def test_the_speed_benchmark_refuses_jax_cudnn_where_jax_has_no_gpu():
     ratios = _ratios({"jax": {"images_per_s": 300.0}, "jax-cudnn": {"images_per_s": 450.0},
                       "torch": {"images_per_s": 150.0}})
     assert ratios == {"jax/torch": 2.0, "jax-cudnn/torch": 3.0, "jax-cudnn/jax": 1.5}
+
+
+def test_the_segment_benchmark_falls_back_to_random_weights_where_a_checkpoint_is_missing_and_says_which(
+        tmp_path, monkeypatch):
+    import torch_seg.checkpoints as checkpoints
+    from torch_seg.bench import choose_weights
+    from torch_seg.errors import UserError
+
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_DIR", tmp_path)
+    monkeypatch.setattr(checkpoints, "DEFAULT_TEXT_ENCODER_DIR", tmp_path / "bert-base-uncased")
+    random_weights, note = choose_weights("auto", "tiny", "swin_t")
+    assert random_weights is True and note.startswith("random weights:") and "sam2.1_hiera_tiny.pt" in note
+    with pytest.raises(UserError, match="sam2.1_hiera_tiny.pt"):
+        choose_weights("checkpoints", "tiny", "swin_t")

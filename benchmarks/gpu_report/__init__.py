@@ -1,4 +1,4 @@
-"""Every GPU figure the README promises, measured by one command inside one time budget.
+r"""Every GPU figure the README promises, measured by one command inside one time budget.
 
     python scripts/gpu_report.py --out results/gpu/h100 --data-dir ../shared/data --budget-minutes 7
     python scripts/gpu_report.py --out /tmp/gpu-smoke --smoke    # every part's code path on a CPU, < 3 min
@@ -26,12 +26,20 @@ epochs in `speed`, up to 3 seeds at 200 epochs and longer Fashion-MNIST runs in 
 predictors in `track` (their compile alone takes minutes).
 
 On a lent GPU machine (Python 3.12 with torch, jax, flax, optax, orbax and transformers, but no sam2,
-groundingdino-py, supervision, pycocotools), with the data and a wheelhouse carried along in `.gpu/`:
+groundingdino-py, supervision or pycocotools, and no internet), with the data, a BERT tokenizer folder (for
+random-weight GroundingDINO; the 84 MB offline vocabulary package would not fit) and a wheelhouse carried
+along in `.gpu/` (the data is 52 MB: keep the whole carry under the 64 MiB a call takes):
 
-    # here, once: mkdir -p .gpu/data && echo /.gpu/ >> .git/info/exclude
-    #   cp -r ../shared/data/cifar-10-batches-py ../shared/data/seg /usr/share/datasets/fashion-mnist .gpu/data/
-    #   .venv/bin/python scripts/wheelhouse.py .gpu/wheels --python-version 3.12
-    # there (carry .gpu), one line:
-    bash scripts/setup.sh system --wheelhouse .gpu/wheels && python3 scripts/gpu_report.py --out /tmp/gpu \
-        --data-dir .gpu/data --budget-minutes 7; tar czf $OUT/gpu_report.tar.gz -C /tmp gpu; cp /tmp/gpu/report.md $OUT/
+    # here, once:
+    grep -qx /.gpu/ .git/info/exclude || echo /.gpu/ >> .git/info/exclude; mkdir -p .gpu/data
+    cp -r ../shared/data/cifar-10-batches-py ../shared/data/seg /usr/share/datasets/fashion-mnist .gpu/data/
+    .venv/bin/python -c "from torch_seg.text_encoder import write_text_encoder_folder as w; \
+        w('.gpu/checkpoints/bert-base-uncased')"
+    .venv/bin/python scripts/wheelhouse.py .gpu/wheels --python-version 3.12
+    # there (carry .gpu; one command, about 9 minutes):
+    export TORCH_SEG_CHECKPOINTS=$PWD/.gpu/checkpoints; bash scripts/setup.sh system --wheelhouse .gpu/wheels \
+        >$OUT/setup.log 2>&1; python3 scripts/gpu_report.py --out /tmp/gpu --data-dir .gpu/data --budget-minutes 7 \
+        >$OUT/gpu_report.log 2>&1; tar czf $OUT/gpu_report.tar.gz -C /tmp gpu; cp /tmp/gpu/report.md $OUT/
+
+Unpacked under `results/gpu/<gpu>/`, its report.md rows replace the README's "not yet measured" ones.
 """
