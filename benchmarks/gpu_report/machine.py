@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     record = measure(size, dtype, rounds=ROUNDS, products=3 if args.smoke else PRODUCTS_PER_ROUND)
     record.update(python=platform.python_version(), cpu_cores=os.cpu_count(), loadavg=list(os.getloadavg()))
     write_json(args.out, record)
-    print(f"{args.framework} on {record['device']}: {record['measured_peak_flops'] / 1e12:.2f} TFLOP/s "
+    print(f"{args.framework} on {record['device']}: {record['measured_peak_flops'] / 1e9:,.0f} GFLOP/s "
           f"({dtype} {size}x{size})")
     return 0
 
