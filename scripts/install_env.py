@@ -39,8 +39,8 @@ except ImportError:  # a bare environment: pip's own copy
 ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("torch", "torchvision", "jax")  # the environment's own builds (CUDA, TPU, CPU): never ours to pick
 # Installed with the frameworks and built for them: pinned where present, so that pip leaves them as well.
-COMPANIONS = ("torchaudio", "jaxlib", "libtpu")
-COMPANION_PREFIXES = ("jax-cuda",)  # jax-cuda12-plugin, jax-cuda12-pjrt, jax-cuda13-...
+COMPANIONS = ("torchaudio", "jaxlib")
+COMPANION_PREFIXES = ("jax-cuda", "libtpu")  # jax-cuda12-plugin, jax-cuda12-pjrt, jax-cuda13-..., libtpu(-nightly)
 SYSTEM_EXTRAS = "vit,seg,dev"
 BUILD_ENV = {"SAM2_BUILD_CUDA": "0"}  # sam2: skip the optional CUDA extension, so the wheel is pure Python
 # Wheels that run wherever torch's own Linux wheels do (they need glibc 2.28).
