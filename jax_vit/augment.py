@@ -16,12 +16,44 @@ from jax_vit.mixing import mix_batch, random_erasing
 from jax_vit.randaugment import rand_augment, trivial_augment
 
 
+# The statistics pretrained models were trained with (config.input_norm), per RGB channel in [0, 1].
+PRETRAINED_NORMALIZATION = {
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def normalization(config: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel of `config.input_norm`: the dataset's own, or a pretrained model's (averaged over
+    RGB for a one-channel dataset)."""
+    if config.input_norm == "dataset":
+        info = DATASETS[config.dataset]
+        return info.mean, info.std
+    mean, std = PRETRAINED_NORMALIZATION[config.input_norm]
+    if config.in_channels == 1:
+        return (sum(mean) / 3,), (sum(std) / 3,)
+    return mean, std
+
+
 def normalize(images: jax.Array, config: Config) -> jax.Array:
-    """uint8 (B, H, W, C) -> float32, per-channel standardised with the training set's statistics."""
-    info = DATASETS[config.dataset]
-    mean = jnp.asarray(info.mean, jnp.float32)
-    std = jnp.asarray(info.std, jnp.float32)
-    return (images.astype(jnp.float32) / 255.0 - mean) / std
+    """uint8 (B, H, W, C) -> float32, per-channel standardised with `normalization(config)`."""
+    mean, std = normalization(config)
+    return (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def resize_to_model(images: jax.Array, config: Config) -> jax.Array:
+    """Float images (B, H, W, C) -> (B, R, R, C) at the model's `input_size`, bilinear (half-pixel centres, as
+    tf.image.resize in the ViT authors' pipeline); a no-op where the sizes already agree. Resizing commutes
+    with `normalize` (its weights sum to 1), so it runs after it, on floats."""
+    size = config.input_size
+    if images.shape[1:3] == (size, size):
+        return images
+    return jax.image.resize(images, (images.shape[0], size, size, images.shape[3]), method="bilinear")
+
+
+def model_inputs(images: jax.Array, config: Config) -> jax.Array:
+    """uint8 images -> what the model takes: normalised floats at its input size (evaluation's path)."""
+    return resize_to_model(normalize(images, config), config)
 
 
 def smooth_targets(labels: jax.Array, num_classes: int, label_smoothing: float) -> jax.Array:
@@ -54,7 +86,8 @@ def augment(images: jax.Array, labels: jax.Array, key: jax.Array, config: Config
     """Training inputs for one device's shard of the batch.
 
     images: uint8 (B, H, W, C); labels: int (B,); key: this device's key for this step.
-    Returns (float32 normalised images (B, H, W, C), float32 target distributions (B, num_classes)).
+    Returns (float32 normalised images (B, R, R, C) at the model's input size R (H unless config.resolution
+    says otherwise), float32 target distributions (B, num_classes)).
     Geometric augmentations work on uint8 pixels; the batch-level ones (Mixup/CutMix) come last, after
     normalisation, where they mix images and targets together.
     """
@@ -69,7 +102,8 @@ def augment(images: jax.Array, labels: jax.Array, key: jax.Array, config: Config
         images = rand_augment(images, jax.random.fold_in(key, 1), num_ops=config.randaugment_ops,
                               magnitude=config.randaugment_magnitude)
     targets = smooth_targets(labels, config.num_classes, config.label_smoothing)
-    images = normalize(images, config)
+    # Crop and flip ran on the small uint8 images; only now do they grow to the model's size (fine-tuning).
+    images = model_inputs(images, config)
     images = random_erasing(images, jax.random.fold_in(key, 2), config.random_erasing)
     # Smooth first, then mix the smoothed targets with the pixels' own weights (see jax_vit/mixing.py).
     return mix_batch(images, targets, jax.random.fold_in(key, 3), mixup_alpha=config.mixup_alpha,

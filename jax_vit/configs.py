@@ -83,6 +83,19 @@ class Config:
     depth: int = 8
     num_heads: int = 6
     mlp_dim: int = 1536
+    # What pretrained checkpoints differ in (jax_vit/pretrained/ sets them from the checkpoint): LayerNorm's
+    # epsilon (timm and the ViT authors 1e-6, Hugging Face's ViT 1e-12), the MLP's GELU ("none": exact erf, as
+    # timm and Hugging Face compute it; "tanh": the ViT authors' Flax `nn.gelu`) and a bias on the QKV projection.
+    layer_norm_epsilon: float = 1e-6
+    gelu_approximation: str = "none"
+    qkv_bias: bool = True
+    # The model's input size: the step resizes the (crop-and-flipped) images to it inside jit, so a 32x32
+    # dataset stays uint8 32x32 on the device; 0 feeds the images as they are (image_size).
+    resolution: int = 0
+    # Pixel normalisation: "dataset" (the training set's own statistics), or what a pretrained model saw:
+    # "inception" (mean 0.5, std 0.5 per channel: the ViT authors' (x - 127.5) / 127.5, timm's
+    # IMAGENET_INCEPTION_*, transformers' IMAGENET_STANDARD_*) or "imagenet" (0.485/0.229, ...).
+    input_norm: str = "dataset"
     dropout: float = 0.0
     attention_dropout: float = 0.0
     drop_path_rate: float = 0.2  # rises linearly from 0 at the first block to this at the last
@@ -92,13 +105,23 @@ class Config:
     attention: str = "xla"
     # Recipe.
     epochs: int = 100
+    # A run defined in optimiser steps (fine-tuning): when above 0 the run stops after exactly this many steps
+    # (its last epoch cut short) and the schedule spans them; the trainer then derives `epochs` from it.
+    total_steps: int = 0
     batch_size: int = 256  # global, split over all local devices
+    optimizer: str = "adamw"  # or "sgd": momentum SGD, the ViT authors' transfer recipe
     learning_rate: float = 1e-3  # peak, reached after the warm-up
     min_learning_rate: float = 1e-5
     warmup_epochs: float = 5.0
-    weight_decay: float = 0.05
+    warmup_steps: int = 0  # above 0: the warm-up in steps, in place of warmup_epochs
+    weight_decay: float = 0.05  # AdamW's decoupled decay; SGD's L2 term (both on kernels only)
     b1: float = 0.9
     b2: float = 0.999
+    momentum: float = 0.9  # SGD only
+    # Layer-wise learning-rate decay: block i of `depth` learns at layer_decay ** (depth - i) times the rate,
+    # the patch and position embeddings and the CLS token at layer_decay ** (depth + 1), the head and final
+    # norm at the full rate (BEiT's rule); 1 turns it off.
+    layer_decay: float = 1.0
     label_smoothing: float = 0.1
     grad_clip_norm: float = 1.0
     # Exponential moving average of the weights, kept in the train state, evaluated beside the raw weights
@@ -119,8 +142,13 @@ class Config:
     seed: int = 0
 
     @property
+    def input_size(self) -> int:
+        """The side of the images the model sees: `resolution`, or the dataset's own `image_size`."""
+        return self.resolution or self.image_size
+
+    @property
     def num_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+        return (self.input_size // self.patch_size) ** 2
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -165,6 +193,32 @@ PRESETS: dict[str, Config] = {
 }
 
 
+# Fine-tuning presets, for scripts/finetune.py only: they hold a recipe and no model (the model's shape, LayerNorm
+# epsilon, GELU and input normalisation come from the checkpoint, `epochs` from total_steps and the data), so
+# scripts/train.py, which trains from scratch, does not offer them.
+FINETUNE_PRESETS: dict[str, Config] = {
+    # Fine-tuning a pretrained ViT (jax_vit/finetune.py; the model's shape, LayerNorm epsilon, GELU and input
+    # normalisation come from the checkpoint, `epochs` from total_steps and the data). The ViT authors' transfer
+    # recipe (vit_jax/configs/common.py): momentum SGD 0.9 without weight decay, gradient clipping at global norm
+    # 1, batch 512, a linear warm-up then cosine decay to 0, no label smoothing, no dropout; base_lr 0.03 is
+    # their default (their paper picks it from {0.001, 0.003, 0.01, 0.03} on 2% of the training set held out:
+    # --val-fraction 0.02). 500 steps with 50 of warm-up is their README's short CIFAR-10 schedule (98.59% for
+    # ViT-B/16 from ImageNet-21k at 384 px); their full one is 10k steps, 500 of warm-up.
+    "finetune-sgd": Config(
+        optimizer="sgd", momentum=0.9, learning_rate=0.03, min_learning_rate=0.0, weight_decay=0.0,
+        grad_clip_norm=1.0, batch_size=512, total_steps=500, warmup_steps=50, epochs=1, warmup_epochs=0.0,
+        label_smoothing=0.0, dropout=0.0, drop_path_rate=0.0,
+    ),
+    # The AdamW alternative with layer-wise learning-rate decay (BEiT/MAE-style fine-tuning: decay 0.75, weight
+    # decay 0.05, DropPath 0.1, label smoothing 0.1). Its peak rate is a starting point, not a measured
+    # optimum: choose it on a validation split like the SGD recipe's.
+    "finetune-adamw-lld": Config(
+        optimizer="adamw", learning_rate=5e-4, min_learning_rate=1e-6, weight_decay=0.05, layer_decay=0.75,
+        grad_clip_norm=1.0, batch_size=512, total_steps=1000, warmup_steps=100, epochs=1, warmup_epochs=0.0,
+        label_smoothing=0.1, dropout=0.0, drop_path_rate=0.1,
+    ),
+}
+
 # Every field's valid values: a Range, or a tuple of the choices. A named bound is checked after its field.
 FIELD_RULES: dict[str, Range | tuple] = {
     "dataset": tuple(DATASETS),
@@ -176,10 +230,20 @@ FIELD_RULES: dict[str, Range | tuple] = {
     # (float16 would need loss scaling, which the train step does not do).
     "compute_dtype": ("auto", "float32", "bfloat16"),
     "attention": ("xla", "cudnn"),  # "cudnn" also needs an NVIDIA GPU: model.check_attention, once it is known
+    "layer_norm_epsilon": POSITIVE,
+    "gelu_approximation": ("none", "tanh"),  # the two forms jax.nn.gelu and torch's F.gelu both compute
+    "qkv_bias": (True, False),
+    "resolution": COUNT,  # 0: no resize
+    "input_norm": ("dataset", "inception", "imagenet"),
+    "total_steps": COUNT,  # 0: epochs x steps per epoch
+    "optimizer": ("adamw", "sgd"),
     "learning_rate": POSITIVE,
     "min_learning_rate": Range(0, "learning_rate"),  # a floor above the peak would make the cosine rise
     "warmup_epochs": Range(0, "epochs"),
+    "warmup_steps": Range(0, "total_steps", integer=True),  # only for a run defined in steps
     "weight_decay": NON_NEGATIVE,
+    "momentum": BELOW_ONE,
+    "layer_decay": Range(0, 1, low_open=True),  # 1: every layer at the full rate
     # optax.clip_by_global_norm scales every update to at most this norm: 0 would zero them all (there is
     # no "off": a large value such as 1e9 never clips).
     "grad_clip_norm": POSITIVE,
@@ -211,7 +275,12 @@ def check_config(config: Config) -> Config:
         elif value not in rule or isinstance(value, bool) != isinstance(rule[0], bool):
             raise ConfigError(f"{name}={value!r} is out of range: use one of {', '.join(map(str, rule))} "
                               f"(--set {name}=...)")
-    if config.image_size % config.patch_size:
+    if config.resolution and config.resolution % config.patch_size:
+        multiples = sorted({max(1, config.resolution // config.patch_size), config.resolution // config.patch_size + 1})
+        raise ConfigError(f"patch_size {config.patch_size} does not divide resolution {config.resolution}: use a "
+                          f"multiple of {config.patch_size} (e.g. --resolution "
+                          f"{' or '.join(str(m * config.patch_size) for m in multiples)})")
+    if config.image_size % config.patch_size and not config.resolution:
         raise ConfigError(f"patch_size {config.patch_size} does not divide image_size {config.image_size}")
     if config.width % config.num_heads:
         raise ConfigError(f"width {config.width} is not divisible by num_heads {config.num_heads}")
@@ -242,11 +311,14 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
-def get_config(preset: str, overrides: dict[str, Any] | None = None) -> Config:
-    """A preset with overrides applied; string values are parsed to the field's type, then range-checked."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    config = PRESETS[preset]
+def get_config(preset: str, overrides: dict[str, Any] | None = None,
+               presets: dict[str, Config] | None = None) -> Config:
+    """A preset of `presets` (default PRESETS; FINETUNE_PRESETS for fine-tuning) with overrides applied; string
+    values are parsed to the field's type, then range-checked."""
+    presets = PRESETS if presets is None else presets
+    if preset not in presets:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(presets)}")
+    config = presets[preset]
     fields = {f.name for f in dataclasses.fields(Config)}
     changes = {}
     for key, value in (overrides or {}).items():

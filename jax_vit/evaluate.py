@@ -84,7 +84,7 @@ def evaluate_run(workdir: str | Path, data_dir: str | None = None, checkpoint: s
     report = {
         "checkpoint": checkpoint,
         "step": step,
-        "epoch": step // recipe.steps_per_epoch,
+        "epoch": -(-step // recipe.steps_per_epoch),  # a step-defined run's short last epoch counts
         "weights": weights,  # the better of raw and EMA weights; both are in "by_weights"
         "test_acc": results[weights]["test_acc"],
         "test_loss": results[weights]["test_loss"],

@@ -101,7 +101,8 @@ class MultiHeadSelfAttention(nnx.Module):
     def __init__(self, config: Config, *, dtype, rngs: nnx.Rngs):
         self.num_heads = config.num_heads
         self.implementation = config.attention
-        self.qkv = nnx.Linear(config.width, 3 * config.width, kernel_init=dense_init, dtype=dtype, rngs=rngs)
+        self.qkv = nnx.Linear(config.width, 3 * config.width, use_bias=config.qkv_bias, kernel_init=dense_init,
+                              dtype=dtype, rngs=rngs)
         self.proj = nnx.Linear(config.width, config.width, kernel_init=dense_init, dtype=dtype, rngs=rngs)
         self.attention_dropout = Dropout(config.attention_dropout)
 
@@ -126,10 +127,12 @@ class MlpBlock(nnx.Module):
         self.fc1 = nnx.Linear(config.width, config.mlp_dim, kernel_init=dense_init, dtype=dtype, rngs=rngs)
         self.fc2 = nnx.Linear(config.mlp_dim, config.width, kernel_init=dense_init, dtype=dtype, rngs=rngs)
         self.dropout = Dropout(config.dropout)
+        self.approximate_gelu = config.gelu_approximation == "tanh"
 
     def __call__(self, x: jax.Array, *, train: bool, rngs: nnx.Rngs | None) -> jax.Array:
-        # Exact (erf) GELU, as in the ViT paper and PyTorch's default, so the baseline computes the same.
-        x = jax.nn.gelu(self.fc1(x), approximate=False)
+        # Exact (erf) GELU by default, as in PyTorch, timm and Hugging Face, so the baseline computes the same;
+        # the tanh form for checkpoints trained with it (the ViT authors' Flax code).
+        x = jax.nn.gelu(self.fc1(x), approximate=self.approximate_gelu)
         x = self.dropout(x, train=train, rngs=rngs)
         return self.dropout(self.fc2(x), train=train, rngs=rngs)
 
@@ -138,9 +141,9 @@ class EncoderBlock(nnx.Module):
     """Pre-norm: x + DropPath(MSA(LN(x))), then x + DropPath(MLP(LN(x)))."""
 
     def __init__(self, config: Config, drop_path_rate: float, *, dtype, rngs: nnx.Rngs):
-        self.norm1 = nnx.LayerNorm(config.width, epsilon=1e-6, dtype=dtype, rngs=rngs)
+        self.norm1 = nnx.LayerNorm(config.width, epsilon=config.layer_norm_epsilon, dtype=dtype, rngs=rngs)
         self.attention = MultiHeadSelfAttention(config, dtype=dtype, rngs=rngs)
-        self.norm2 = nnx.LayerNorm(config.width, epsilon=1e-6, dtype=dtype, rngs=rngs)
+        self.norm2 = nnx.LayerNorm(config.width, epsilon=config.layer_norm_epsilon, dtype=dtype, rngs=rngs)
         self.mlp = MlpBlock(config, dtype=dtype, rngs=rngs)
         self.drop_path = DropPath(drop_path_rate)
 
@@ -163,7 +166,7 @@ class VisionTransformer(nnx.Module):
         self.dropout = Dropout(config.dropout)
         rates = np.linspace(0.0, config.drop_path_rate, config.depth)
         self.blocks = nnx.List([EncoderBlock(config, float(r), dtype=dtype, rngs=rngs) for r in rates])
-        self.norm = nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype, rngs=rngs)
+        self.norm = nnx.LayerNorm(width, epsilon=config.layer_norm_epsilon, dtype=dtype, rngs=rngs)
         # A zero-initialised head starts every class at the same logit (as in big_vision).
         self.head = nnx.Linear(width, config.num_classes, kernel_init=nnx.initializers.zeros, rngs=rngs)
         self.dtype = dtype

@@ -26,7 +26,7 @@ from jax_vit.allocator import active_allocator
 from jax_vit.configs import Config, ConfigError
 from jax_vit.data import Dataset
 from jax_vit.train_step import (DATA_AXIS, make_eval_step, make_mesh, make_recipe, make_train_step,
-                                create_train_state, replicate_on_mesh, shard_batch)
+                                create_train_state, replicate_on_mesh, shard_batch, total_steps)
 
 PROGRESS_EVERY = 10  # steps between progress-bar refreshes (each one waits for the device)
 
@@ -54,8 +54,10 @@ def configure_for_dataset(config: Config, dataset: Dataset) -> Config:
 
 # --- the workdir -----------------------------------------------------------------------------------------
 
-def prepare_workdir(workdir: Path, run_record: dict[str, Any], *, resume: bool, overwrite: bool) -> bool:
-    """Makes `workdir` ready for this run; True when there is an earlier run of the same config to resume."""
+def prepare_workdir(workdir: Path, run_record: dict[str, Any], *, resume: bool, overwrite: bool,
+                    compare: tuple[str, ...] = ()) -> bool:
+    """Makes `workdir` ready for this run; True when there is an earlier run of the same config to resume.
+    `compare`: further keys of the record a resumed run must share (e.g. the pretrained checkpoint)."""
     previous = workdir / "run.json"
     holds_run = any((workdir / name).exists() for name in reporting.RUN_FILES)
     if holds_run and overwrite:
@@ -72,7 +74,11 @@ def prepare_workdir(workdir: Path, run_record: dict[str, Any], *, resume: bool, 
     if holds_run:
         if not previous.exists():
             raise TrainingError(f"workdir {workdir} holds run files but no run.json; use --overwrite or a new --workdir")
-        details = reporting.resume_changes(reporting.read_json(previous), run_record)
+        before = reporting.read_json(previous)
+        # A field added to Config since that run started did not exist then: the run had its default.
+        before["config"] = {**Config().to_dict(), **before["config"]}
+        details = reporting.resume_changes(before, run_record) or reporting.config_changes(
+            {k: before.get(k) for k in compare}, {k: run_record.get(k) for k in compare})
         if details:
             raise TrainingError(f"--resume with different settings ({details}); resume with the original options "
                                 f"or start a new --workdir")
@@ -171,12 +177,18 @@ def train_and_evaluate(
     progress: bool = True,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
     eval_name: str = "test",
+    init_params=None,
+    run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Trains `config` on `dataset`, writing checkpoints, metrics, summary and curves into `workdir`.
 
     `on_epoch_end(epoch, row)` runs after each epoch's checkpoint and metrics line are written.
     `eval_name` is what the epoch line calls the split scored every epoch (the ablation runner passes its
     validation images as the dataset's test split); metrics.jsonl keeps the `test_` keys either way.
+    `init_params`: the weights a new run starts from (a pretrained model's, in the model's pure-dict layout)
+    instead of a random initialisation; a resumed run continues from its checkpoint. `run_info`: what else
+    defines the run (the pretrained checkpoint, the evaluation split), written into run.json and required to
+    be the same by `resume`.
     Returns the summary (also written to `workdir/summary.json`).
     """
     started = time.time()
@@ -191,24 +203,28 @@ def train_and_evaluate(
     if steps_per_epoch == 0:
         raise TrainingError(f"--batch-size {config.batch_size} is larger than the training set "
                             f"({len(dataset.train_images)} images); lower it")
+    if config.total_steps:  # a run defined in steps: the epochs follow, the last one cut short
+        config = config.replace(epochs=math.ceil(config.total_steps / steps_per_epoch))
+    run_steps = total_steps(config, steps_per_epoch)
     run_record = {"config": config.to_dict(), "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
                   "data_source": dataset.source, "class_names": list(dataset.class_names),
-                  "train_size": len(dataset.train_images), "test_size": len(dataset.test_images)}
-    resuming = prepare_workdir(workdir, run_record, resume=resume, overwrite=overwrite)
+                  "train_size": len(dataset.train_images), "test_size": len(dataset.test_images),
+                  **(run_info or {})}
+    resuming = prepare_workdir(workdir, run_record, resume=resume, overwrite=overwrite, compare=tuple(run_info or ()))
 
     recipe = make_recipe(config, steps_per_epoch)
     manager = checkpoints.make_manager(workdir)
     state = checkpoints.restore(manager, recipe, mesh, "latest") if resuming else None
     rows = []
     if state is None:
-        state = create_train_state(recipe, mesh)
+        state = create_train_state(recipe, mesh, params=init_params)
         reporting.write_metrics(workdir, [])
     else:
         # Epoch lines written after the restored checkpoint belong to the interrupted future: drop them.
-        done = int(jax.device_get(state.step)) // steps_per_epoch
+        done = -(-int(jax.device_get(state.step)) // steps_per_epoch)  # a short last epoch counts as done
         rows = [row for row in reporting.read_metrics(workdir) if row["epoch"] <= done]
         reporting.write_metrics(workdir, rows)
-    start_epoch = int(jax.device_get(state.step)) // steps_per_epoch
+    start_epoch = -(-int(jax.device_get(state.step)) // steps_per_epoch)
     if start_epoch:
         tqdm.write(f"resuming after epoch {start_epoch} of {config.epochs} from {checkpoints.checkpoint_dir(workdir)}")
 
@@ -221,9 +237,10 @@ def train_and_evaluate(
 
     for epoch in range(start_epoch + 1, config.epochs + 1):
         order = epoch_order(config.seed, epoch, len(dataset.train_images), steps_per_epoch, config.batch_size)
+        order = order[: run_steps - (epoch - 1) * steps_per_epoch]  # cut only a step-defined run's last epoch
         tracker = EpochTracker()
         epoch_start = time.time()
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", disable=not progress,
+        bar = tqdm(total=len(order), desc=f"epoch {epoch}/{config.epochs}", disable=not progress,
                    leave=False, dynamic_ncols=True)
         for done, index in enumerate(order, start=1):
             images, labels = gather(train_images, train_labels, shard_batch(mesh, index))
@@ -255,7 +272,7 @@ def train_and_evaluate(
             "test_acc": test_acc,
             "lr": seen[-1]["lr"],
             "epoch_seconds": epoch_seconds,
-            "images_per_second": steps_per_epoch * config.batch_size / epoch_seconds,
+            "images_per_second": len(order) * config.batch_size / epoch_seconds,
             # This process compiled the step during it: its speed is not the run's (a resumed run compiles again).
             "includes_compilation": epoch == start_epoch + 1,
         }

@@ -33,7 +33,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jax_vit.augment import augment, normalize
+from jax_vit.augment import augment, model_inputs
 from jax_vit.configs import Config
 from jax_vit.model import VisionTransformer
 
@@ -67,10 +67,17 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
     return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices)
 
 
+def total_steps(config: Config, steps_per_epoch: int) -> int:
+    """The optimiser steps of the whole run: `total_steps` where set, else epochs x steps per epoch."""
+    return config.total_steps or max(int(config.epochs * steps_per_epoch), 1)
+
+
 def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
-    """Linear warm-up from 0 to the peak over `warmup_epochs`, then cosine decay to `min_learning_rate`."""
-    total = max(int(config.epochs * steps_per_epoch), 1)
-    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
+    """Linear warm-up from 0 to the peak over `warmup_steps` (or `warmup_epochs`), then cosine decay to
+    `min_learning_rate` at the run's last step."""
+    total = total_steps(config, steps_per_epoch)
+    warmup = config.warmup_steps or int(round(config.warmup_epochs * steps_per_epoch))
+    warmup = min(warmup, total - 1)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=config.learning_rate, warmup_steps=warmup,
         decay_steps=total, end_value=config.min_learning_rate,
@@ -83,13 +90,47 @@ def weight_decay_mask(params) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
 
 
+def layer_id(path, depth: int) -> int:
+    """BEiT's layer index of a parameter: 0 for the patch and position embeddings and the CLS token, i + 1 for
+    block i, depth + 1 for the final norm and the head."""
+    name = getattr(path[0], "key", None)
+    if name in ("patch_embed", "pos_embed", "cls_token"):
+        return 0
+    if name == "blocks":
+        return int(path[1].key) + 1
+    return depth + 1
+
+
+def scale_by_layer_decay(layer_decay: float, depth: int) -> optax.GradientTransformation:
+    """Multiplies each parameter's update by layer_decay ** (depth + 1 - layer_id): after AdamW (whose update
+    already holds the learning rate and the decoupled weight decay) it is a per-layer learning rate, as in
+    BEiT's and timm's parameter groups."""
+
+    def update(updates, state, params=None):
+        del params
+        scaled = jax.tree_util.tree_map_with_path(
+            lambda path, u: u * (layer_decay ** (depth + 1 - layer_id(path, depth))), updates)
+        return scaled, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(config: Config, steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Clip at global norm, then AdamW or momentum SGD (`config.optimizer`), then layer-wise decay if on."""
     schedule = learning_rate_schedule(config, steps_per_epoch)
-    tx = optax.chain(
-        optax.clip_by_global_norm(config.grad_clip_norm),
-        optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay, mask=weight_decay_mask),
-    )
-    return tx, schedule
+    if config.optimizer == "sgd":
+        # The ViT authors' transfer recipe: optax.sgd's momentum is PyTorch's (a trace of the gradients, no
+        # dampening). Weight decay, where asked for, is the L2 term added to the kernels' gradients.
+        optimizer = optax.sgd(schedule, momentum=config.momentum or None)
+        if config.weight_decay:
+            optimizer = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask), optimizer)
+    else:
+        optimizer = optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay,
+                                mask=weight_decay_mask)
+    parts = [optax.clip_by_global_norm(config.grad_clip_norm), optimizer]
+    if config.layer_decay < 1.0:
+        parts.append(scale_by_layer_decay(config.layer_decay, config.depth))
+    return optax.chain(*parts), schedule
 
 
 @functools.lru_cache(maxsize=16)
@@ -102,12 +143,18 @@ def make_recipe(config: Config, steps_per_epoch: int) -> Recipe:
     return Recipe(config=config, graphdef=graphdef, tx=tx, schedule=schedule, steps_per_epoch=steps_per_epoch)
 
 
-def init_train_state(recipe: Recipe, seed: int | None = None) -> TrainState:
-    """A fresh state on the default device (use `create_train_state` to place it on a mesh)."""
+def init_train_state(recipe: Recipe, seed: int | None = None, params=None) -> TrainState:
+    """A fresh state on the default device (use `create_train_state` to place it on a mesh).
+
+    `params`: start from these weights (a pure dict of the model's layout, e.g. a pretrained checkpoint's from
+    `jax_vit.pretrained`) instead of a random initialisation; the keys still follow from `seed`."""
     seed = recipe.config.seed if seed is None else seed
     params_key, train_key = jax.random.split(jax.random.key(seed))
-    model = VisionTransformer(recipe.config, rngs=nnx.Rngs(params=params_key))
-    params = nnx.split(model)[1].to_pure_dict()
+    if params is None:
+        model = VisionTransformer(recipe.config, rngs=nnx.Rngs(params=params_key))
+        params = nnx.split(model)[1].to_pure_dict()
+    else:
+        params = check_params(recipe.config, params)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -117,9 +164,23 @@ def init_train_state(recipe: Recipe, seed: int | None = None) -> TrainState:
     )
 
 
-def create_train_state(recipe: Recipe, mesh: jax.sharding.Mesh, seed: int | None = None) -> TrainState:
-    """A fresh state, replicated on every device of `mesh` (what `make_train_step` expects)."""
-    return replicate_on_mesh(mesh, init_train_state(recipe, seed))
+def check_params(config: Config, params):
+    """`params` as float32 jax arrays, if they have exactly the tree and shapes of `config`'s model (ValueError
+    naming the first difference if not)."""
+    expected = nnx.split(nnx.eval_shape(lambda: VisionTransformer(config, rngs=nnx.Rngs(0))))[1].to_pure_dict()
+    if jax.tree.structure(expected) != jax.tree.structure(params):
+        raise ValueError(f"params do not have the model's layout: {jax.tree.structure(params)} vs "
+                         f"{jax.tree.structure(expected)}")
+    for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(params)):
+        if tuple(np.shape(got)) != tuple(want.shape):
+            raise ValueError(f"{jax.tree_util.keystr(path)}: shape {np.shape(got)}, the model has {want.shape}")
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+
+
+def create_train_state(recipe: Recipe, mesh: jax.sharding.Mesh, seed: int | None = None, params=None) -> TrainState:
+    """A fresh state, replicated on every device of `mesh` (what `make_train_step` expects); `params` as in
+    `init_train_state`."""
+    return replicate_on_mesh(mesh, init_train_state(recipe, seed, params))
 
 
 def replicate_on_mesh(mesh: jax.sharding.Mesh, tree):
@@ -235,7 +296,7 @@ def unreplicate(tree):
 def eval_step_per_device(recipe: Recipe, params, images, labels, mask, axis_name: str = DATA_AXIS):
     """Sums over this shard (padding rows masked out), added over devices; per-example predictions."""
     model = nnx.merge(recipe.graphdef, params)
-    logits = model(normalize(images, recipe.config), train=False)
+    logits = model(model_inputs(images, recipe.config), train=False)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     predictions = jnp.argmax(logits, -1)
     sums = {
