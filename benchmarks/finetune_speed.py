@@ -6,8 +6,9 @@ user's checkpoint takes, so both sides start from the same weights. Each side th
 - JAX: the production step (`jax_vit.train_step.make_train_step`, one device) with the fine-tuning preset's
   recipe (momentum SGD, clipping) on uint8 32x32 images, cropped, flipped and resized to the resolution inside
   the step, as scripts/finetune.py trains;
-- timm: `torch.optim.SGD(momentum=0.9)` with `clip_grad_norm_` and cross-entropy on images already normalised
-  and resized on the device (bf16 autocast on a GPU, as the JAX side computes in bf16 there).
+- timm: `torch.optim.SGD(momentum=0.9)` on the JAX step's learning-rate schedule, with `clip_grad_norm_` and
+  cross-entropy, on images already normalised and resized on the device (bf16 autocast on a GPU, as the JAX
+  side computes in bf16 there).
 Rounds are interleaved with a rotating order, as in `benchmarks.speed`, and the report has the same shape, so
 `benchmarks.speed.format_table` prints it.
 """
@@ -27,14 +28,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from benchmarks import flops
-from benchmarks.runners import JaxRunner, synthetic_batch
+from benchmarks.runners import SCHEDULE_STEPS_PER_EPOCH, JaxRunner, synthetic_batch
 from benchmarks.speed import (ENVIRONMENT_KEYS, _ratios, _summary, check_comparable, cpu_model, machine_load,
                               precision, versions)
-from benchmarks.torch_train import autocast, synchronize
+from benchmarks.torch_train import Schedule, autocast, synchronize
 from jax_vit.augment import normalize
 from jax_vit.configs import FINETUNE_PRESETS, Config, get_config
 from jax_vit.pretrained import init_params, load_pretrained
-from jax_vit.train_step import create_train_state
+from jax_vit.train_step import create_train_state, total_steps
 
 SCHEMA = "vit-finetune-speed/1"
 NUM_CLASSES = 10  # CIFAR-10's: the new head
@@ -85,9 +86,13 @@ class TimmRunner:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model = model.to(self.device).train()
         self.model = torch.compile(model) if compile else model
-        # The learning rate does not change the speed: the preset's peak, held.
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum,
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
+        # The JAX step's warm-up + cosine, step for step (with SCHEDULE_STEPS_PER_EPOCH, as JaxRunner builds it).
+        total = total_steps(config, SCHEDULE_STEPS_PER_EPOCH)
+        warmup = min(config.warmup_steps or round(config.warmup_epochs * SCHEDULE_STEPS_PER_EPOCH), total - 1)
+        self.schedule = Schedule(0.0, config.learning_rate, warmup, total, config.min_learning_rate)
+        self.steps_done = 0
         normalised = torch.from_numpy(np.ascontiguousarray(np.asarray(normalize(images, config)).transpose(0, 3, 1, 2)))
         self.images = F.interpolate(normalised.to(self.device), size=(config.input_size,) * 2, mode="bilinear",
                                     align_corners=False)
@@ -100,6 +105,9 @@ class TimmRunner:
         return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
 
     def step(self) -> torch.Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule.lr_at_step(self.steps_done)
+        self.steps_done += 1
         with autocast(self.device, self.config.compute_dtype):
             logits = self.model(self.images)
         loss = F.cross_entropy(logits.float(), self.labels, label_smoothing=self.config.label_smoothing)
