@@ -90,12 +90,21 @@ class Tensors:
                                   f"{SUPPORTED}")
 
 
+def require(module: str) -> None:
+    """A one-line PretrainedError naming the pip command where a package reading checkpoints is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise PretrainedError(f"reading pretrained checkpoints needs {module}: pip install {module}")
+
+
 def refuse(source: str, what: str) -> PretrainedError:
     return PretrainedError(f"{source}: {what} is not a class-token ViT this model computes; {SUPPORTED}")
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     """Every tensor of a .safetensors file as a NumPy array (float32 where it was bfloat16: NumPy has none)."""
+    require("safetensors")
     from safetensors import SafetensorError, safe_open
 
     try:

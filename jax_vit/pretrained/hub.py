@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from jax_vit.pretrained.base import PretrainedError
+from jax_vit.pretrained.base import PretrainedError, require
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # What a ViT repo needs, in timm's and transformers' file names (never pytorch_model.bin: torch pickles).
@@ -33,6 +33,7 @@ def resolve(source: str, *, download: bool = False) -> Path:
         raise PretrainedError(f"checkpoint {source} does not exist; give an existing file or folder, or a Hugging "
                               f"Face Hub repo id such as timm/vit_base_patch16_224.augreg_in21k (the ViT authors' "
                               f".npz files are under https://storage.googleapis.com/vit_models/)")
+    require("huggingface_hub")
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
