@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from jax_vit.configs import config_changes
+from jax_vit.configs import Config, config_changes
 
 EPOCH_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_seconds",
                 "images_per_second", "includes_compilation")
@@ -50,7 +50,9 @@ def resume_changes(before: dict[str, Any], after: dict[str, Any]) -> str:
     the sizes of the data it trains and is scored on (another validation split changes them, and with them
     the steps of every epoch); "" when nothing did."""
     sizes = ("train_size", "test_size")
-    return config_changes({**before["config"], **{k: before.get(k) for k in sizes}},
+    # A field added to Config since that run started did not exist then: the run had its default.
+    started = {**Config().to_dict(), **before["config"]}
+    return config_changes({**started, **{k: before.get(k) for k in sizes}},
                           {**after["config"], **{k: after.get(k) for k in sizes}})
 
 

@@ -75,8 +75,6 @@ def prepare_workdir(workdir: Path, run_record: dict[str, Any], *, resume: bool, 
         if not previous.exists():
             raise TrainingError(f"workdir {workdir} holds run files but no run.json; use --overwrite or a new --workdir")
         before = reporting.read_json(previous)
-        # A field added to Config since that run started did not exist then: the run had its default.
-        before["config"] = {**Config().to_dict(), **before["config"]}
         details = reporting.resume_changes(before, run_record) or reporting.config_changes(
             {k: before.get(k) for k in compare}, {k: run_record.get(k) for k in compare})
         if details:
