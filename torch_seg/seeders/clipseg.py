@@ -129,12 +129,18 @@ class ClipSegSeeder:
         heat = torch.nn.functional.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
         return heat[:, 0].sigmoid().cpu().numpy()
 
-    def detect(self, image: np.ndarray, prompt: str) -> Detections:
+    def detect(self, image: np.ndarray, prompt: str, *, box_threshold: float | None = None,
+               text_threshold: float | None = None, max_detections: int | None = None) -> Detections:
+        """Regions per phrase; `box_threshold` and `max_detections` override the seeder's for this call
+        (`text_threshold` is GroundingDINO's and has no meaning here)."""
+        threshold = self.threshold if box_threshold is None else box_threshold
+        max_detections = self.max_detections if max_detections is None else max_detections
+        check_thresholds(box_threshold=threshold)
         phrases = parse_prompt(prompt)
         boxes, scores, labels, points = [], [], [], []
         for phrase, heat in zip(phrases, self.heatmaps(image, phrases)):
-            for box, score, point in heatmap_to_regions(heat, self.threshold, self.min_area_fraction):
+            for box, score, point in heatmap_to_regions(heat, threshold, self.min_area_fraction):
                 boxes.append(box), scores.append(score), labels.append(phrase), points.append(point[None])
         if not boxes:
             return Detections.empty()
-        return Detections(np.stack(boxes), np.array(scores), labels, np.stack(points)).top_k(self.max_detections)
+        return Detections(np.stack(boxes), np.array(scores), labels, np.stack(points)).top_k(max_detections)

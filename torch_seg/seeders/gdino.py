@@ -6,6 +6,7 @@ from torch_seg import _torchvision_compat  # noqa: F401  (before anything import
 import contextlib
 import io
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +21,7 @@ from torch_seg.device import autocast
 from torch_seg.errors import UserError
 from torch_seg.prompts import caption_from_phrases, parse_prompt, phrase_spans
 from torch_seg.seeders.base import Detections, check_thresholds
+from torch_seg.seeders.long_prompts import merge_chunk_detections, split_phrases, tokenizer_counter
 
 DEFAULT_BOX_THRESHOLD = 0.35
 DEFAULT_TEXT_THRESHOLD = 0.25
@@ -113,14 +115,59 @@ def label_from_token_scores(token_scores: np.ndarray, token_phrase: np.ndarray, 
                             decode: Callable[[list[int]], str]) -> str:
     """The phrase a box matched: the prompt phrase holding its best-scoring token, narrowed to that phrase's
     tokens above `text_threshold` (so "paper bag" may come back as "bag"), never mixing two phrases."""
-    scores = np.where(token_phrase[: len(token_scores)] >= 0, token_scores[: len(token_phrase)], -np.inf)
+    scores = _phrase_token_scores(token_scores, token_phrase)
     if not np.isfinite(scores).any():
         return phrases[0]
-    best = int(np.argmax(scores))
-    phrase = int(token_phrase[best])
+    phrase = best_phrase(token_scores, token_phrase)
     chosen = [token_ids[t] for t in range(len(scores)) if token_phrase[t] == phrase and scores[t] > text_threshold]
     text = decode(chosen).strip() if chosen else ""
     return text or phrases[phrase]
+
+
+def _phrase_token_scores(token_scores: np.ndarray, token_phrase: np.ndarray) -> np.ndarray:
+    """The token scores with special tokens and separators set to -inf."""
+    return np.where(token_phrase[: len(token_scores)] >= 0, token_scores[: len(token_phrase)], -np.inf)
+
+
+def best_phrase(token_scores: np.ndarray, token_phrase: np.ndarray) -> int:
+    """The index of the phrase holding a box's best-scoring token (0 when no phrase token has a score)."""
+    scores = _phrase_token_scores(token_scores, token_phrase)
+    return int(token_phrase[int(np.argmax(scores))]) if np.isfinite(scores).any() else 0
+
+
+@contextlib.contextmanager
+def image_features_reused(model: torch.nn.Module):
+    """Within the block, GroundingDINO's backbone runs once and its output is handed to every later forward.
+
+    `GroundingDINO.forward` computes only the Swin backbone's multi-scale features and their position
+    encodings from the image alone; the encoder already fuses image and text, so everything after the
+    backbone runs once per caption. The block must therefore see a single image.
+    """
+    backbone, cached = model.backbone, []
+
+    def forward(samples):
+        if not cached:
+            cached.append(type(backbone).forward(backbone, samples))
+        features, positions = cached[0]
+        return list(features), list(positions)  # forward appends extra levels to these lists
+
+    backbone.forward = forward  # an instance attribute: nn.Module.__call__ finds it before the class's
+    try:
+        yield
+    finally:
+        del backbone.forward
+
+
+@dataclass
+class _CaptionOutput:
+    """GroundingDINO's per-query output for one caption (one chunk of the prompt's phrases)."""
+
+    first_phrase: int  # the index of this caption's first phrase in the whole prompt
+    phrases: list[str]
+    token_scores: np.ndarray  # (queries, 256) sigmoid
+    boxes_cxcywh: np.ndarray  # (queries, 4) normalised
+    token_phrase: np.ndarray  # per caption token, the index of its phrase in `phrases` or -1
+    token_ids: list[int]
 
 
 class GroundingDinoSeeder:
@@ -156,23 +203,63 @@ class GroundingDinoSeeder:
         return tensor
 
     @torch.inference_mode()
-    def detect(self, image: np.ndarray, prompt: str) -> Detections:
+    def detect(self, image: np.ndarray, prompt: str, *, box_threshold: float | None = None,
+               text_threshold: float | None = None, max_detections: int | None = None) -> Detections:
+        """Boxes for `prompt`'s phrases; the threshold and count arguments override the seeder's for this call.
+
+        A prompt whose caption exceeds the text encoder's 256 tokens is split between phrases
+        (`long_prompts.split_phrases`); the captions share one run of the image backbone and their boxes are
+        merged by per-phrase NMS. A prompt that fits runs exactly as GroundingDINO's demo (no NMS).
+        """
+        box_threshold = self.box_threshold if box_threshold is None else box_threshold
+        text_threshold = self.text_threshold if text_threshold is None else text_threshold
+        max_detections = self.max_detections if max_detections is None else max_detections
+        check_thresholds(box_threshold=box_threshold, text_threshold=text_threshold)
         phrases = parse_prompt(prompt)
-        caption = caption_from_phrases(phrases)
+        tokenizer = self.model.tokenizer
+        chunks = split_phrases(phrases, tokenizer_counter(tokenizer), self.model.max_text_len)
         height, width = image.shape[:2]
         pixels = self.preprocess(image).to(self.device)
-        with autocast(self.device):
-            outputs = self.model(pixels[None], captions=[caption])
-        token_logits = outputs["pred_logits"][0].float().sigmoid().cpu().numpy()  # (queries, 256)
-        boxes = outputs["pred_boxes"][0].float().cpu().numpy()  # (queries, 4) normalised cxcywh
-        box_scores = token_logits.max(axis=1)
-        keep = np.nonzero(box_scores > self.box_threshold)[0]
-        keep = keep[np.argsort(-box_scores[keep], kind="stable")][: self.max_detections]
+        outputs, first = [], 0
+        with image_features_reused(self.model) if len(chunks) > 1 else contextlib.nullcontext():
+            for chunk in chunks:
+                outputs.append(self._run_caption(pixels, chunk, first))
+                first += len(chunk)
+        # Candidates: (caption, query) pairs above the box threshold, best first.
+        caption_ids, query_ids, scores = [], [], []
+        for c, out in enumerate(outputs):
+            box_scores = out.token_scores.max(axis=1)
+            kept = np.nonzero(box_scores > box_threshold)[0]
+            caption_ids.append(np.full(len(kept), c)), query_ids.append(kept), scores.append(box_scores[kept])
+        caption_ids, query_ids, scores = map(np.concatenate, (caption_ids, query_ids, scores))
+        order = np.argsort(-scores, kind="stable")
+        caption_ids, query_ids, scores = caption_ids[order], query_ids[order], scores[order]
+        boxes = np.array([outputs[c].boxes_cxcywh[q] for c, q in zip(caption_ids, query_ids)],
+                         dtype=np.float32).reshape(-1, 4)
+        boxes = cxcywh_normalized_to_xyxy_pixels(boxes, width, height)
+        phrase_ids = np.array([outputs[c].first_phrase + best_phrase(outputs[c].token_scores[q],
+                                                                       outputs[c].token_phrase)
+                               for c, q in zip(caption_ids, query_ids)], dtype=np.int64)
+        if len(chunks) > 1:
+            keep = merge_chunk_detections(boxes, scores, phrase_ids, max_detections)
+        else:
+            keep = np.arange(min(len(scores), max_detections))
         if len(keep) == 0:
             return Detections.empty()
-        tokenizer = self.model.tokenizer
-        tokenized = tokenizer(caption, return_offsets_mapping=True)
-        token_phrase = token_phrase_index(tokenized["offset_mapping"], phrases)
-        labels = [label_from_token_scores(token_logits[q], token_phrase, tokenized["input_ids"], phrases,
-                                          self.text_threshold, tokenizer.decode) for q in keep]
-        return Detections(cxcywh_normalized_to_xyxy_pixels(boxes[keep], width, height), box_scores[keep], labels)
+        labels = []
+        for i in keep:
+            out = outputs[caption_ids[i]]
+            labels.append(label_from_token_scores(out.token_scores[query_ids[i]], out.token_phrase, out.token_ids,
+                                                  out.phrases, text_threshold, tokenizer.decode))
+        return Detections(boxes[keep], scores[keep], labels, phrases=[phrases[phrase_ids[i]] for i in keep])
+
+    def _run_caption(self, pixels: torch.Tensor, phrases: list[str], first_phrase: int) -> _CaptionOutput:
+        caption = caption_from_phrases(phrases)
+        with autocast(self.device):
+            outputs = self.model(pixels[None], captions=[caption])
+        tokenized = self.model.tokenizer(caption, return_offsets_mapping=True)
+        return _CaptionOutput(first_phrase, phrases,
+                              token_scores=outputs["pred_logits"][0].float().sigmoid().cpu().numpy(),
+                              boxes_cxcywh=outputs["pred_boxes"][0].float().cpu().numpy(),
+                              token_phrase=token_phrase_index(tokenized["offset_mapping"], phrases),
+                              token_ids=tokenized["input_ids"])
