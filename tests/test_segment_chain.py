@@ -24,7 +24,8 @@ pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.f
 
 RESULT_KEYS = {"schema_version", "image", "width", "height", "prompt", "phrases", "box_threshold", "text_threshold",
                "models", "random_weights", "note", "device", "num_detections", "detections", "timings_ms"}
-DETECTION_KEYS = {"index", "label", "box_score", "box_xyxy", "mask_score", "mask_area", "mask_rle", "mask_file"}
+DETECTION_KEYS = {"index", "label", "phrase", "box_score", "box_xyxy", "mask_score", "mask_area", "mask_rle",
+                  "mask_file"}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def check_result_folder(folder: Path, image_path: Path) -> dict:
     assert record["num_detections"] == len(record["detections"]) == len(list((folder / "masks").glob("*.png")))
     for det in record["detections"]:
         assert set(det) == DETECTION_KEYS
-        assert det["label"] in record["phrases"] or any(det["label"] in p for p in record["phrases"])
+        assert det["phrase"] in record["phrases"] and det["label"] in det["phrase"]
         x0, y0, x1, y1 = det["box_xyxy"]
         assert 0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height
         mask_png = np.asarray(Image.open(folder / det["mask_file"]))

@@ -70,22 +70,26 @@ def load_image(path_or_url: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) -
     Grayscale, palette, RGBA, CMYK and 16-bit images are converted. Unreadable, non-image and over-large
     files raise UserError (the size is checked from the header, before the pixels are decoded).
     """
-    data = _read_bytes(path_or_url)
+    return decode_image(_read_bytes(path_or_url), path_or_url, max_pixels=max_pixels)
+
+
+def decode_image(data: bytes, source: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """`load_image` for a file's contents already in memory (an upload); `source` names it in messages."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             if width * height > max_pixels:
-                raise UserError(f"{path_or_url} is {width}x{height} ({width * height / 1e6:.0f} MP), more than "
+                raise UserError(f"{source} is {width}x{height} ({width * height / 1e6:.0f} MP), more than "
                                 f"the {max_pixels / 1e6:.0f} MP limit: downscale it first")
             image.load()
             image = ImageOps.exif_transpose(image)
             return to_rgb_uint8(image)
     except UnidentifiedImageError:
-        raise UserError(f"{path_or_url} is not an image PIL can read (use JPEG, PNG, BMP, TIFF or WebP)") from None
+        raise UserError(f"{source} is not an image PIL can read (use JPEG, PNG, BMP, TIFF or WebP)") from None
     except Image.DecompressionBombError:
-        raise UserError(f"{path_or_url} is too large to decode safely: downscale it first") from None
+        raise UserError(f"{source} is too large to decode safely: downscale it first") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{path_or_url} is corrupt or truncated ({e}): re-export or re-download it") from None
+        raise UserError(f"{source} is corrupt or truncated ({e}): re-export or re-download it") from None
 
 
 def list_images(directory: str | Path) -> list[Path]:

@@ -40,6 +40,8 @@ class Segmentation:
     mask_scores: np.ndarray  # (N,) float32
     phrases: list[str]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    box_threshold: float | None = None  # the thresholds this result was made with
+    text_threshold: float | None = None
 
 
 class _Stopwatch:
@@ -64,7 +66,11 @@ class _Stopwatch:
 
 
 class TextSegmenter:
-    """Build the seeder and SAM 2 once; `segment(image, prompt)` for arrays, `process_file` for result folders."""
+    """Build the seeder and SAM 2 once; `segment(image, prompt)` for arrays, `process_file` for result folders.
+
+    One call at a time: SAM 2's predictor holds the current image between encoding and decoding (the server
+    queues its requests onto one worker thread).
+    """
 
     def __init__(self, *, seeder: str = "gdino", sam2_model: str = DEFAULT_SAM2_MODEL, sam2_checkpoint=None,
                  gdino_model: str | None = None, gdino_checkpoint=None, text_encoder=None, clipseg_model=None,
@@ -90,18 +96,40 @@ class TextSegmenter:
                          "checkpoint": None if self.sam2_checkpoint is None else str(self.sam2_checkpoint),
                          "random_weights": self.random_weights}}
 
-    def segment(self, image: np.ndarray, prompt: str) -> Segmentation:
+    def segment(self, image: np.ndarray, prompt: str, *, box_threshold: float | None = None,
+                text_threshold: float | None = None, max_detections: int | None = None) -> Segmentation:
+        """Detect and segment `prompt`'s objects; the keyword arguments override the constructor's for this call."""
         phrases = parse_prompt(prompt)
         watch = _Stopwatch(self.device)
         with watch("detect"):
-            detections = self.seeder.detect(image, prompt)
+            detections = self.seeder.detect(image, prompt, box_threshold=box_threshold, text_threshold=text_threshold,
+                                            max_detections=max_detections)
         with watch("sam_encode"):
             # The image is encoded even with no detections, so per-stage times stay comparable across images.
             self.sam.set_image(image)
         with watch("sam_decode"):
             masks, mask_scores = self.sam.predict(detections.boxes_xyxy if len(detections) else None,
                                                   detections.points_xy)
-        return Segmentation(detections, masks, mask_scores, phrases, watch.ms)
+        return Segmentation(detections, masks, mask_scores, phrases, watch.ms,
+                            self.box_threshold if box_threshold is None else box_threshold,
+                            self.text_threshold if text_threshold is None else text_threshold)
+
+    def overlay(self, image: np.ndarray, result: Segmentation) -> np.ndarray:
+        """The overlay picture of `result` on `image` (with the random-weights banner where that applies)."""
+        d = result.detections
+        return draw_overlay(image, result.masks, d.boxes_xyxy, d.labels, d.scores, result.mask_scores,
+                            banner=RANDOM_WEIGHTS_BANNER if self.random_weights else None)
+
+    def record(self, result: Segmentation, *, image: str, width: int, height: int, prompt: str,
+               timings_ms: dict[str, float]) -> dict:
+        """`result` as the result.json record (`image` names the source: a path, a URL or an upload's name)."""
+        d = result.detections
+        return result_record(
+            image_path=image, width=width, height=height, prompt=prompt, phrases=result.phrases,
+            box_threshold=result.box_threshold, text_threshold=result.text_threshold, models=self.models_record(),
+            random_weights=self.random_weights, device=str(self.device), timings_ms=timings_ms,
+            detections=detection_records(d.labels, d.scores, d.boxes_xyxy, result.masks, result.mask_scores,
+                                         phrases=d.matched_phrases))
 
     def process_file(self, path_or_url: str | Path, prompt: str, out_root: str | Path, name: str | None = None) -> dict:
         """Segment one image file into `out_root/<name or stem>/` and return its result.json record."""
@@ -109,18 +137,13 @@ class TextSegmenter:
         with watch("load"):
             image = load_image(path_or_url)
         result = self.segment(image, prompt)
-        d = result.detections
         with watch("overlay"):
-            overlay = draw_overlay(image, result.masks, d.boxes_xyxy, d.labels, d.scores, result.mask_scores,
-                                   banner=RANDOM_WEIGHTS_BANNER if self.random_weights else None)
+            overlay = self.overlay(image, result)
         timings = {"load": watch.ms["load"], **result.timings_ms, "overlay": watch.ms["overlay"]}
         timings["total"] = sum(timings.values())
         height, width = image.shape[:2]
-        record = result_record(
-            image_path=str(path_or_url), width=width, height=height, prompt=prompt, phrases=result.phrases,
-            box_threshold=self.box_threshold, text_threshold=self.text_threshold, models=self.models_record(),
-            random_weights=self.random_weights, device=str(self.device), timings_ms=timings,
-            detections=detection_records(d.labels, d.scores, d.boxes_xyxy, result.masks, result.mask_scores))
+        record = self.record(result, image=str(path_or_url), width=width, height=height, prompt=prompt,
+                             timings_ms=timings)
         write_image_result(Path(out_root) / (name or image_stem(path_or_url)), record=record, masks=result.masks,
                            overlay=overlay)
         return record

@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
 import tempfile
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
-from torch_seg.rle import mask_area, mask_to_rle
+from torch_seg.rle import mask_area, mask_to_rle, rle_to_mask
 
 RESULT_SCHEMA_VERSION = 1
 # result.json and tracks.json carry it, so output made with random weights says so wherever it goes.
@@ -51,22 +53,37 @@ def atomic_dir(final_path: str | Path) -> Iterator[Path]:
 
 
 def write_json(path: str | Path, data: dict) -> None:
-    """Write JSON atomically (temporary file + rename), so readers never see half a file."""
+    """Write JSON atomically (temporary file + rename), so readers never see half a file.
+
+    The data is serialised before the file is opened and flushed to disk before the rename; on any failure the
+    temporary file is removed and an existing `path` is left as it was.
+    """
     path = Path(path)
+    text = json.dumps(data, indent=2) + "\n"
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def detection_records(labels, box_scores, boxes_xyxy, masks, mask_scores) -> list[dict]:
-    """One JSON record per detected object (the `detections` list of result.json)."""
+def detection_records(labels, box_scores, boxes_xyxy, masks, mask_scores, phrases=None) -> list[dict]:
+    """One JSON record per detected object (the `detections` list of result.json). `phrases` is the prompt
+    phrase each object matched (default: its label); `label` may be part of it ("bag" for "paper bag")."""
     records = []
-    for i, (label, box_score, box, mask, mask_score) in enumerate(
-            zip(labels, box_scores, boxes_xyxy, masks, mask_scores)):
+    phrases = labels if phrases is None else phrases
+    for i, (label, phrase, box_score, box, mask, mask_score) in enumerate(
+            zip(labels, phrases, box_scores, boxes_xyxy, masks, mask_scores)):
         rle = mask_to_rle(mask)
         records.append({
             "index": i,
             "label": label,
+            "phrase": phrase,
             "box_score": round(float(box_score), 6),
             "box_xyxy": [round(float(v), 2) for v in box],
             "mask_score": round(float(mask_score), 6),
@@ -100,6 +117,18 @@ def result_record(*, image_path: str, width: int, height: int, prompt: str, phra
     }
 
 
+def png_bytes(image: np.ndarray) -> bytes:
+    """An (H, W) or (H, W, 3) uint8 array as PNG file contents."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def mask_png(mask: np.ndarray) -> np.ndarray:
+    """A bool mask as the 0/255 uint8 image saved in masks/<i>.png."""
+    return np.asarray(mask, dtype=np.uint8) * 255
+
+
 def write_image_result(final_dir: str | Path, *, record: dict, masks: np.ndarray, overlay: np.ndarray) -> Path:
     """Write overlay.png, masks/<i>.png (0/255 binary) and result.json into `final_dir`, atomically."""
     final_dir = Path(final_dir)
@@ -107,6 +136,19 @@ def write_image_result(final_dir: str | Path, *, record: dict, masks: np.ndarray
         Image.fromarray(overlay).save(tmp / "overlay.png")
         (tmp / "masks").mkdir()
         for i, mask in enumerate(masks):
-            Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).save(tmp / "masks" / f"{i}.png")
+            Image.fromarray(mask_png(mask)).save(tmp / "masks" / f"{i}.png")
         write_json(tmp / "result.json", record)
     return final_dir
+
+
+def result_zip(*, record: dict, overlay_png: bytes | None) -> bytes:
+    """The files `write_image_result` writes (overlay.png where given, masks/<i>.png, result.json) as a zip
+    archive, the masks decoded from the record's RLE (the server's download of one result)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        if overlay_png is not None:
+            archive.writestr("overlay.png", overlay_png)
+        for det in record["detections"]:
+            archive.writestr(det["mask_file"], png_bytes(mask_png(rle_to_mask(det["mask_rle"]))))
+        archive.writestr("result.json", json.dumps(record, indent=2) + "\n")
+    return buffer.getvalue()
