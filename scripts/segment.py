@@ -3,7 +3,8 @@
   python scripts/segment.py --image truck.jpg --prompt "truck. wheel." --out out/
   python scripts/segment.py --image-dir photos/ --prompt "paper bag" --out out/ --sam2-model small
 
-Writes OUT/<image stem>/overlay.png, masks/<i>.png and result.json (see README, "Text-prompted image segmentation").
+Writes OUT/<image stem>/overlay.png, masks/<i>.png and result.json (see README, "Text-prompted image segmentation");
+--coco FILE also writes one COCO instances file for the whole run.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt", required=True, help='objects to find, phrases separated by "." e.g. "truck. wheel."')
     p.add_argument("--out", required=True, metavar="DIR", help="results go to DIR/<image stem>/")
     p.add_argument("--max-detections", type=int, default=DEFAULT_MAX_DETECTIONS, help="keep the best N per image")
+    p.add_argument("--coco", metavar="FILE", help="also write one COCO instances file (RLE masks) for every image")
     add_model_arguments(p)
     return p.parse_args(argv)
 
@@ -50,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder: choose another path")
+    if args.coco and Path(args.coco).is_dir():
+        raise UserError(f"--coco {args.coco} is a folder: name a file, "
+                        f"e.g. --coco {Path(args.coco) / 'instances.json'}")
     quiet_library_warnings()
     if args.random_weights:
         print("warning: --random-weights: the models have RANDOM weights; boxes, labels and masks are meaningless "
@@ -60,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         gdino_model=args.gdino_model, gdino_checkpoint=args.gdino_checkpoint, text_encoder=args.text_encoder,
         clipseg_model=args.clipseg_model, box_threshold=args.box_threshold, text_threshold=args.text_threshold,
         max_detections=args.max_detections, device=args.device, random_weights=args.random_weights)
-    failures = 0
+    failures, records = 0, []
     for source, name in tqdm(list(zip(sources, output_names(sources))), desc="images", unit="img",
                              disable=len(sources) == 1):
         try:
@@ -69,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             tqdm.write(f"error: {e}", file=sys.stderr)
             failures += 1
             continue
+        records.append(record)
         n = record["num_detections"]
         found = ", ".join(sorted({d["label"] for d in record["detections"]})) or "nothing"
         line = f"{name}: {n} object(s) ({found}) in {record['timings_ms']['total'] / 1e3:.1f} s -> {out / name}"
@@ -78,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
         if args.random_weights:
             line += "  [RANDOM WEIGHTS]"
         tqdm.write(line)
+    if args.coco:
+        from torch_seg.coco import write_coco
+
+        print(f"COCO instances of {len(records)} image(s) -> {write_coco(args.coco, records)}", file=sys.stderr)
     if failures:
         print(f"error: {failures} of {len(sources)} image(s) failed (messages above)", file=sys.stderr)
         return 2
