@@ -22,7 +22,6 @@ _EXPORTS = {
     "load_dataset": "jax_vit.data",
     "train_and_evaluate": "jax_vit.train",
     "evaluate_run": "jax_vit.evaluate",
-    "finetune": "jax_vit.finetune",
     "load_pretrained": "jax_vit.pretrained.loader",
 }
 __all__ = list(_EXPORTS)
