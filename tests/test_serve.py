@@ -331,3 +331,44 @@ def test_the_page_and_the_examples_are_served(server, seg_dir):
     examples = requests.get(f"{url}/examples").json()["examples"]
     assert examples == ["cars.jpg", "groceries.jpg", "truck.jpg"]
     assert requests.get(f"{url}/examples/truck.jpg").content == (seg_dir / "truck.jpg").read_bytes()
+
+
+# --- scripts/serve.py -------------------------------------------------------------------------------------------
+
+def run_serve_cli(capsys, *args) -> tuple[int, str]:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import serve as serve_cli
+
+    code = serve_cli.main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-queue", "0"], "--max-queue must be at least 1"),
+    (["--max-detections", "0"], "--max-detections must be at least 1"),
+    (["--box-threshold", "2"], "outside [0, 1]"),
+    (["--port", "70000"], "--port must be from 0 to 65535"),
+    (["--request-timeout", "0"], "must be positive"),
+    (["--examples", "absent_dir"], "is not a folder of images"),
+])
+def test_serve_cli_refuses_bad_options_in_one_line(capsys, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_serve_cli(capsys, *args, "--random-weights")
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: ") and message in err
+
+
+def test_serve_cli_refuses_a_port_in_use(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code, err = run_serve_cli(capsys, "--port", taken.getsockname()[1], "--random-weights")
+    assert code == 2 and "Address already in use): pass another --port" in err
+
+
+def test_serve_cli_without_checkpoints_exits_2_naming_the_download(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_SEG_CHECKPOINTS", str(tmp_path))
+    code, err = run_serve_cli(capsys, "--port", "0", "--device", "cpu")
+    assert code == 2 and "error: the models failed to load" in err and "download_checkpoints.py" in err
