@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from benchmarks import flops
 from benchmarks.runners import SCHEDULE_STEPS_PER_EPOCH, JaxRunner, synthetic_batch
-from benchmarks.speed import (ENVIRONMENT_KEYS, _ratios, _summary, check_comparable, cpu_model, machine_load,
+from benchmarks.speed import (_ratios, _summary, check_comparable, machine_load, machine_record,
                               precision, versions)
 from benchmarks.torch_train import Schedule, autocast, synchronize
 from jax_vit.augment import normalize
@@ -199,11 +199,7 @@ def build_finetune_report(run: dict[str, Any], *, command: str) -> dict[str, Any
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
-        "machine": {
-            "devices": device_names, "jax_platform": jax.default_backend(), "jax_devices": jax.device_count(),
-            "cpu": cpu_model(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "environment": {key: os.environ.get(key) for key in ENVIRONMENT_KEYS},
-        },
+        "machine": machine_record(device_names),
         "versions": {**versions(), "timm": timm.__version__},
         "load": {"before": run["load_before"], "after": run["load_after"]},
         "settings": {

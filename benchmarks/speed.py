@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmarks import flops
+from benchmarks.host import cpu_model
 from benchmarks.runners import JaxRunner, TorchRunner, synthetic_batch
 from benchmarks.torch_train import autocast_dtype
 from jax_vit.configs import Config
@@ -72,14 +73,6 @@ def versions() -> dict[str, str]:
     }
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # Recipe pieces only the JAX step has (the PyTorch baseline is the write-ups' plain recipe): a config with
@@ -245,6 +238,15 @@ def precision(config: Config, torch_device: str | None, jax_platform: str) -> di
     }
 
 
+def machine_record(device_names: list[str]) -> dict[str, Any]:
+    """The `machine` entry of a speed record: devices, CPU, threads and the settings that change the figures."""
+    import jax
+
+    return {"devices": device_names, "jax_platform": jax.default_backend(), "jax_devices": jax.device_count(),
+            "cpu": cpu_model(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "environment": {key: os.environ.get(key) for key in ENVIRONMENT_KEYS}}
+
+
 def build_report(run: dict[str, Any], *, preset: str, command: str) -> dict[str, Any]:
     """The JSON schema, written in one place."""
     import jax
@@ -256,11 +258,7 @@ def build_report(run: dict[str, Any], *, preset: str, command: str) -> dict[str,
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
-        "machine": {
-            "devices": device_names, "jax_platform": jax.default_backend(), "jax_devices": jax.device_count(),
-            "cpu": cpu_model(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "environment": {key: os.environ.get(key) for key in ENVIRONMENT_KEYS},
-        },
+        "machine": machine_record(device_names),
         "versions": versions(),
         "load": {"before": run["load_before"], "after": run["load_after"]},
         "settings": {

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.gpu_report import markdown
+from benchmarks.host import cpu_model
 from benchmarks.gpu_report.parts import PARTS, REPO, Context, Part, Step
 from jax_vit.reporting import write_atomic
 
@@ -70,14 +71,6 @@ def gpu_inventory() -> list[dict[str, Any]]:
     return gpus
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def git_commit() -> str | None:
