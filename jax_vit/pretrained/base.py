@@ -158,6 +158,16 @@ def grid_of(pos_embed: np.ndarray, source: str, prefix_tokens: int = 1) -> int:
     return side
 
 
+def torch_linear(tensors, name: str, bias: bool = True):
+    """A PyTorch `nn.Linear` of a state dict as (kernel (in, out), bias or None): torch stores (out, in)."""
+    return tensors.take(f"{name}.weight").T, tensors.take(f"{name}.bias") if bias else None
+
+
+def torch_norm(tensors, name: str):
+    """A PyTorch `nn.LayerNorm` of a state dict as (scale, bias)."""
+    return tensors.take(f"{name}.weight"), tensors.take(f"{name}.bias")
+
+
 def block_params(norm1, attention_qkv, attention_proj, norm2, fc1, fc2) -> dict:
     """One encoder block in our layout; each argument a (kernel or scale, bias or None) pair, kernels (in, out)."""
     def dense(pair):

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import functools
+
 import numpy as np
 
 from jax_vit.pretrained.base import (Pretrained, PretrainedError, Tensors, block_params, grid_of, input_norm_of,
-                                     read_json, read_safetensors, refuse)
+                                     read_json, read_safetensors, refuse, torch_linear, torch_norm)
 
 # transformers' ACT2FN names for the two GELUs this model computes (activations.py).
 _ACTIVATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
@@ -65,11 +67,7 @@ def load(folder: Path, source: str) -> Pretrained:
     pos_embed = tensors.take(f"{e}position_embeddings")
     grid = grid_of(pos_embed, source)
 
-    def linear(name, bias=True):
-        return tensors.take(f"{name}.weight").T, tensors.take(f"{name}.bias") if bias else None
-
-    def norm(name):
-        return tensors.take(f"{name}.weight"), tensors.take(f"{name}.bias")
+    linear, norm = functools.partial(torch_linear, tensors), functools.partial(torch_norm, tensors)
 
     blocks = {}
     for i in range(depth):

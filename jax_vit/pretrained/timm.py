@@ -10,11 +10,12 @@ exact GELU (nn.GELU), unless the repo's config.json `model_args` say otherwise.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 from jax_vit.pretrained.base import (HEADS_BY_WIDTH, Pretrained, PretrainedError, Tensors, block_params, grid_of,
-                                     input_norm_of, read_json, read_safetensors, refuse)
+                                     input_norm_of, read_json, read_safetensors, refuse, torch_linear, torch_norm)
 
 # Variants that are not a plain class-token ViT, by the tensors that give them away (timm's own names).
 _VARIANTS = (
@@ -78,11 +79,7 @@ def load(weights: Path, source: str, config_json: dict[str, Any] | None = None,
                               f"(no config.json model_args); give it with --set num_heads=N")
     qkv_bias = "blocks.0.attn.qkv.bias" in tensors
 
-    def linear(name, bias=True):
-        return tensors.take(f"{name}.weight").T, tensors.take(f"{name}.bias") if bias else None
-
-    def norm(name):
-        return tensors.take(f"{name}.weight"), tensors.take(f"{name}.bias")
+    linear, norm = functools.partial(torch_linear, tensors), functools.partial(torch_norm, tensors)
 
     blocks = {}
     for i in range(depth):
