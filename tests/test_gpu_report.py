@@ -31,6 +31,7 @@ def smoke(tmp_path_factory, cifar10_sample_dir, seg_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.once
 def test_smoke_runs_every_part_and_exits_zero_with_each_ok_or_skipped_with_its_reason(smoke):
     out, done, report = smoke
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -48,6 +49,7 @@ def test_smoke_runs_every_part_and_exits_zero_with_each_ok_or_skipped_with_its_r
 
 
 @pytest.mark.slow
+@pytest.mark.once
 def test_each_part_writes_its_own_json_with_figures_and_the_files_it_names(smoke):
     out, _, report = smoke
     parts = {name: json.loads((out / f"{name}.json").read_text()) for name in PARTS}
@@ -77,6 +79,7 @@ def test_each_part_writes_its_own_json_with_figures_and_the_files_it_names(smoke
 
 
 @pytest.mark.slow
+@pytest.mark.once
 def test_report_md_carries_the_smoke_banner_and_a_row_per_figure_naming_machine_and_versions(smoke):
     out, _, report = smoke
     text = (out / "report.md").read_text()
