@@ -1,5 +1,5 @@
-"""Command-line pieces shared by scripts/segment.py and scripts/track.py: one place for the model options
-and for turning user errors into a one-line message and exit status 2."""
+"""Command-line pieces shared by scripts/segment.py and scripts/track.py: one place for the model and worker
+options and for turning user errors into a one-line message and exit status 2."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +28,16 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=list(DEVICE_CHOICES))
     p.add_argument("--random-weights", action="store_true",
                    help="real architectures with random weights, no checkpoints: for tests and trying the plumbing")
+
+
+def add_worker_arguments(p: argparse.ArgumentParser, items: str) -> None:
+    """--num-workers/--worker-index (torch_seg/workers.py) and --redo, the same for images and videos."""
+    p.add_argument("--num-workers", type=int, metavar="N",
+                   help=f"split the {items} over N workers (default: torchrun's or SLURM's, else 1)")
+    p.add_argument("--worker-index", type=int, metavar="K",
+                   help=f"this worker's index, 0..N-1: it does every {items[:-1]} i with i %% N == K")
+    p.add_argument("--redo", action="store_true",
+                   help=f"recompute {items} whose finished results (same settings) are already in --out")
 
 
 def check_at_least(option: str, value: int | None, minimum: int) -> None:
