@@ -3,5 +3,5 @@ predictor propagates them, re-detection adds new objects with new, stable ids.
 
 `frames` (clip or folder -> JPEG frames), `predictor` (SAM 2.1 video predictor), `tracking` (id matching and
 pixel ownership), `propagation` (`VideoTracker`: the order of work), `output` (label images, overlay video,
-tracks.json), `run` (`track_video`, what scripts/track.py calls) and `bench` (propagation speed).
+tracks.json), `run` (`TrackingJob` and `track_video`, what scripts/track.py calls) and `bench` (propagation speed).
 """

@@ -23,6 +23,8 @@ from torch_seg.images import IMAGE_SUFFIXES, load_image
 
 JPEG_QUALITY = 95  # what SAM 2's README asks of ffmpeg (-q:v 2) in JPEG terms: visually lossless
 DEFAULT_FOLDER_FPS = 24.0  # a frame folder carries no frame rate; the overlay video plays at this one
+# What --video-dir takes as video files; anything else OpenCV decodes can still be named with --video.
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -120,6 +122,19 @@ def _frames_from_video_file(path: Path, jpeg_dir: Path, max_frames: int | None) 
     if count == 0:
         raise UserError(f"cannot read video {path}: no frame could be decoded (is it empty or corrupt?)")
     return VideoFrames(str(path), [f"frame {i}" for i in range(count)], jpeg_dir, size[0], size[1], float(fps))
+
+
+def list_videos(directory: str | Path) -> list[Path]:
+    """The clips directly inside `directory`, sorted by name: video files (VIDEO_SUFFIXES) and sub-folders (each
+    a folder of frames). UserError if there are none."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"video folder not found: {directory} (check --video-dir)")
+    clips = sorted(p for p in directory.iterdir() if not p.name.startswith(".")
+                   and (p.is_dir() or (p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)))
+    if not clips:
+        raise UserError(f"no videos ({', '.join(VIDEO_SUFFIXES)}) or frame folders in {directory}")
+    return clips
 
 
 def open_video(video: str | Path, jpeg_dir: str | Path, max_frames: int | None = None) -> VideoFrames:
