@@ -143,6 +143,8 @@ class Recorder:
         monkeypatch.setattr(self.segmenter, "process_file", process_file)
 
 
+# The tests on this run are marked `once`: they run the real chain end to end (its version-sensitive parts are
+# in test_segment_chain.py and test_coco.py; the share, the skip rule and the merge are tested one by one here).
 @pytest.fixture(scope="module")
 def workers_run(seg_dir, tmp_path_factory):
     """Worker 0 of 2 (flags) killed before its second photo, worker 1 (torchrun's variables), then worker 0
@@ -165,6 +167,7 @@ def workers_run(seg_dir, tmp_path_factory):
     return out, runs, builds
 
 
+@pytest.mark.once
 def test_two_workers_do_every_photo_once_and_a_rerun_only_what_a_crash_left(workers_run):
     out, runs, builds = workers_run
     (crash_code, crash_done, crash_listing), (code_1, done_1, _), (rerun_code, rerun_done, _) = runs
@@ -183,6 +186,7 @@ def test_two_workers_do_every_photo_once_and_a_rerun_only_what_a_crash_left(work
         assert json.loads((out / name / "result.json").read_text())["random_weights"] is True
 
 
+@pytest.mark.once
 def test_the_merged_coco_file_is_the_one_a_single_worker_writes_and_loads_in_pycocotools(workers_run, capsys):
     from pycocotools.coco import COCO
 
@@ -210,6 +214,7 @@ def test_the_merged_coco_file_is_the_one_a_single_worker_writes_and_loads_in_pyc
     assert json.loads(rebuilt.read_text()) == single
 
 
+@pytest.mark.once
 def test_a_rerun_of_a_finished_share_builds_no_model_and_rewrites_the_same_coco_file(workers_run, seg_dir, capsys,
                                                                                     monkeypatch):
     out, *_ = workers_run
@@ -224,6 +229,7 @@ def test_a_rerun_of_a_finished_share_builds_no_model_and_rewrites_the_same_coco_
     assert json.loads(worker_file.read_text()) == before
 
 
+@pytest.mark.once
 def test_only_complete_results_made_with_the_same_settings_count_as_done(workers_run, seg_dir, tmp_path):
     out, *_ = workers_run
     folder = tmp_path / "groceries"
