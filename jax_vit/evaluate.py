@@ -1,7 +1,8 @@
 """Evaluate a run's checkpoint on the test set: accuracy, per-class accuracy, confusion matrix.
 
 `evaluate_run(workdir)` reads the run's own record (`run.json`: config, data folder, class names), so a
-workdir is all it needs; writes `eval.json` and `confusion_matrix.png` into it.
+workdir is all it needs; writes `eval.json` and `confusion_matrix.png` into it (process 0 only, when several
+processes evaluate together over all their devices).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jax_vit import checkpoints, reporting
+from jax_vit import checkpoints, distributed, reporting
 from jax_vit.configs import Config
 from jax_vit.data import load_dataset
 from jax_vit.train import TrainingError, evaluate, padded_eval_batches
@@ -94,6 +95,8 @@ def evaluate_run(workdir: str | Path, data_dir: str | None = None, checkpoint: s
         "data_dir": str(data_dir),
         "by_weights": results,
     }
+    if not distributed.is_primary():
+        return report
     reporting.write_json(workdir / "eval.json", report)
     reporting.plot_confusion_matrix(
         np.asarray(results[weights]["confusion_matrix"]), list(dataset.class_names), workdir / "confusion_matrix.png",

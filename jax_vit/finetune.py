@@ -77,6 +77,7 @@ def finetune(source: str, dataset: Dataset, workdir: str | Path, *, preset: str 
     summary, with the final weights' test evaluation under "test_eval" when a validation split was held out."""
     from tqdm.auto import tqdm
 
+    from jax_vit.distributed import is_primary
     from jax_vit.train import configure_for_dataset, train_and_evaluate
     from jax_vit.train_step import check_params
 
@@ -92,7 +93,7 @@ def finetune(source: str, dataset: Dataset, workdir: str | Path, *, preset: str 
     except ValueError as error:
         raise PretrainedError(f"{source}: its tensors do not fit the architecture it describes ({error})") from None
     notes = describe(pretrained, config)
-    for line in notes:
+    for line in notes if is_primary() else ():
         tqdm.write(f"pretrained {pretrained.format} {source}: {line}")
     run_info = {"pretrained": {**pretrained.record(), "notes": notes},
                 "eval_split": f"validation ({val_fraction:g} of the training images)" if val_fraction else "test"}

@@ -5,6 +5,11 @@ Per epoch: a fixed-seed permutation of the training set (so a resumed run sees t
 jit-compiled data-parallel step from `jax_vit.train_step`, a full test-set evaluation (raw and, if on, EMA
 weights), a line in `metrics.jsonl`, then a checkpoint (every step's loss and the epoch's test loss are
 checked finite first: a diverged run never overwrites a good one). A resumed run drops lines newer than its checkpoint.
+
+On several processes (`jax_vit.distributed`) the same loop runs in every process over one mesh of all their
+devices: every process draws the same epoch order and builds only its devices' part of each global batch, so
+the batches, steps and metrics are those of one process with the same device count. Process 0 alone writes
+run.json, metrics.jsonl, summary.json and curves.png and shows progress; all of them write the checkpoints.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from jax_vit import checkpoints, reporting
+from jax_vit import checkpoints, distributed, reporting
 from jax_vit.allocator import active_allocator
 from jax_vit.configs import Config, ConfigError
 from jax_vit.data import Dataset
@@ -57,17 +62,35 @@ def configure_for_dataset(config: Config, dataset: Dataset) -> Config:
 def prepare_workdir(workdir: Path, run_record: dict[str, Any], *, resume: bool, overwrite: bool,
                     compare: tuple[str, ...] = ()) -> bool:
     """Makes `workdir` ready for this run; True when there is an earlier run of the same config to resume.
-    `compare`: further keys of the record a resumed run must share (e.g. the pretrained checkpoint)."""
+    `compare`: further keys of the record a resumed run must share (e.g. the pretrained checkpoint).
+
+    With several processes every one checks the workdir before process 0 changes it, so all decide alike;
+    the workdir must be on a filesystem they all see (checked)."""
+    resuming = _check_workdir(workdir, run_record, resume=resume, overwrite=overwrite, compare=compare)
+    distributed.sync("workdir checked")
+    if distributed.is_primary():
+        if overwrite:
+            for name in reporting.RUN_FILES:
+                target = workdir / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        if not resuming:
+            workdir.mkdir(parents=True, exist_ok=True)
+            reporting.write_json(workdir / "run.json", run_record)
+    distributed.sync("workdir prepared")
+    if not distributed.all_agree((workdir / "run.json").exists()):
+        raise TrainingError(f"not every process sees {workdir / 'run.json'}, which process 0 wrote: put --workdir "
+                            f"on a filesystem all hosts share (NFS, a bucket mounted with gcsfuse)")
+    return resuming
+
+
+def _check_workdir(workdir: Path, run_record: dict[str, Any], *, resume: bool, overwrite: bool,
+                   compare: tuple[str, ...]) -> bool:
+    """prepare_workdir's decision, changing nothing: True to resume; TrainingError when the run may not start."""
     previous = workdir / "run.json"
-    holds_run = any((workdir / name).exists() for name in reporting.RUN_FILES)
-    if holds_run and overwrite:
-        for name in reporting.RUN_FILES:
-            target = workdir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-        holds_run = False
+    holds_run = any((workdir / name).exists() for name in reporting.RUN_FILES) and not overwrite
     if holds_run and not resume:
         raise TrainingError(f"workdir {workdir} holds another run; add --resume to continue it, --overwrite to "
                             f"replace it, or choose a new --workdir")
@@ -80,9 +103,13 @@ def prepare_workdir(workdir: Path, run_record: dict[str, Any], *, resume: bool, 
         if details:
             raise TrainingError(f"--resume with different settings ({details}); resume with the original options "
                                 f"or start a new --workdir")
+        # Runs from before this record existed were all one process.
+        started, now = before.get("process_count", 1), run_record["process_count"]
+        if started != now:
+            how = "one process (no --distributed)" if started == 1 else f"{started} processes (JAX_NUM_PROCESSES={started})"
+            raise TrainingError(f"--resume on {now} process(es), but the run in {workdir} was started on {started}: "
+                                f"resume it on {how}, or start a new --workdir")
         return True
-    workdir.mkdir(parents=True, exist_ok=True)
-    reporting.write_json(previous, run_record)
     return False
 
 
@@ -122,10 +149,10 @@ def evaluate(eval_step, params, batches, num_examples: int) -> tuple[float, floa
     totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
     predictions = []
     for images, labels, mask in batches:
-        sums, predicted = eval_step(params, images, labels, mask)
+        sums, predicted = eval_step(params, images, labels, mask)  # sums: added over every process's devices
         for key, value in jax.device_get(sums).items():
             totals[key] += float(value)
-        predictions.append(np.asarray(jax.device_get(predicted)))
+        predictions.append(distributed.to_host(predicted))
     count = max(totals["count"], 1.0)
     return totals["loss_sum"] / count, totals["correct"] / count, np.concatenate(predictions)[:num_examples]
 
@@ -163,6 +190,7 @@ def _first_non_finite(rows: list[dict[str, float]]) -> int | None:
     return None
 
 
+@distributed.peer_failures()  # a peer that died: one clear error, not the runtime's
 def train_and_evaluate(
     config: Config,
     dataset: Dataset,
@@ -188,8 +216,13 @@ def train_and_evaluate(
     defines the run (the pretrained checkpoint, the evaluation split), written into run.json and required to
     be the same by `resume`.
     Returns the summary (also written to `workdir/summary.json`).
+
+    After `jax_vit.distributed.initialize` every process calls this alike; the default mesh then spans all
+    their devices. The returned summary is the same in every process.
     """
     started = time.time()
+    primary = distributed.is_primary()
+    log = tqdm.write if primary else (lambda message: None)
     workdir = Path(workdir).resolve()
     config = configure_for_dataset(config, dataset)
     mesh = make_mesh(devices)
@@ -207,7 +240,7 @@ def train_and_evaluate(
     run_record = {"config": config.to_dict(), "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
                   "data_source": dataset.source, "class_names": list(dataset.class_names),
                   "train_size": len(dataset.train_images), "test_size": len(dataset.test_images),
-                  **(run_info or {})}
+                  "process_count": jax.process_count(), **(run_info or {})}
     resuming = prepare_workdir(workdir, run_record, resume=resume, overwrite=overwrite, compare=tuple(run_info or ()))
 
     recipe = make_recipe(config, steps_per_epoch)
@@ -216,15 +249,18 @@ def train_and_evaluate(
     rows = []
     if state is None:
         state = create_train_state(recipe, mesh, params=init_params)
-        reporting.write_metrics(workdir, [])
+        if primary:
+            reporting.write_metrics(workdir, [])
     else:
         # Epoch lines written after the restored checkpoint belong to the interrupted future: drop them.
         done = -(-int(jax.device_get(state.step)) // steps_per_epoch)  # a short last epoch counts as done
         rows = [row for row in reporting.read_metrics(workdir) if row["epoch"] <= done]
-        reporting.write_metrics(workdir, rows)
+        distributed.sync("metrics read")  # every process has its rows before process 0 rewrites the file
+        if primary:
+            reporting.write_metrics(workdir, rows)
     start_epoch = -(-int(jax.device_get(state.step)) // steps_per_epoch)
     if start_epoch:
-        tqdm.write(f"resuming after epoch {start_epoch} of {config.epochs} from {checkpoints.checkpoint_dir(workdir)}")
+        log(f"resuming after epoch {start_epoch} of {config.epochs} from {checkpoints.checkpoint_dir(workdir)}")
 
     train_images = replicate_on_mesh(mesh, dataset.train_images)
     train_labels = replicate_on_mesh(mesh, dataset.train_labels)
@@ -238,7 +274,7 @@ def train_and_evaluate(
         order = order[: run_steps - (epoch - 1) * steps_per_epoch]  # cut only a step-defined run's last epoch
         tracker = EpochTracker()
         epoch_start = time.time()
-        bar = tqdm(total=len(order), desc=f"epoch {epoch}/{config.epochs}", disable=not progress,
+        bar = tqdm(total=len(order), desc=f"epoch {epoch}/{config.epochs}", disable=not (progress and primary),
                    leave=False, dynamic_ncols=True)
         for done, index in enumerate(order, start=1):
             images, labels = gather(train_images, train_labels, shard_batch(mesh, index))
@@ -285,7 +321,8 @@ def train_and_evaluate(
         # The epoch's line goes first: a kill between the two then leaves a line without its checkpoint,
         # which resuming drops, and never a checkpoint whose line would be missing from metrics.jsonl.
         rows.append(row)
-        reporting.write_metrics(workdir, rows)
+        if primary:
+            reporting.write_metrics(workdir, rows)
         best_of_epoch = max(row["test_acc"], row.get("ema_test_acc", 0.0))
         checkpoints.save(manager, state, {checkpoints.BEST_METRIC: best_of_epoch})
         message = (f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
@@ -293,13 +330,13 @@ def train_and_evaluate(
         if "ema_test_acc" in row:
             message += f" (EMA {row['ema_test_acc']:.4f})"
         message += f" | {epoch_seconds:.1f} s, {row['images_per_second']:.0f} img/s"
-        tqdm.write(message)
+        log(message)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 
     manager.close()
     summary = write_summary(workdir, config, rows, dataset, mesh, wall_seconds=time.time() - started)
-    if rows:
+    if rows and primary:
         reporting.plot_curves(rows, workdir / "curves.png",
                               f"ViT on {dataset.name}: width {config.width}, depth {config.depth}, "
                               f"batch {config.batch_size}")
@@ -330,6 +367,7 @@ def write_summary(workdir: Path, config: Config, rows, dataset: Dataset, mesh, w
         "device_kind": device.device_kind,
         "platform": device.platform,
         "device_count": int(mesh.devices.size),
+        "process_count": jax.process_count(),
         "dataset": dataset.name,
         "train_size": len(dataset.train_images),
         "test_size": len(dataset.test_images),
@@ -340,5 +378,6 @@ def write_summary(workdir: Path, config: Config, rows, dataset: Dataset, mesh, w
     if rows and "ema_test_acc" in rows[-1]:
         summary["best_ema_test_acc"] = best("ema_test_acc")
         summary["final_ema_test_acc"] = rows[-1]["ema_test_acc"]
-    reporting.write_json(workdir / "summary.json", summary)
+    if distributed.is_primary():
+        reporting.write_json(workdir / "summary.json", summary)
     return summary

@@ -4,7 +4,7 @@ The trainer and the speed benchmark both use exactly this, so a benchmark measur
 
     from jax_vit.train_step import create_train_state, make_mesh, make_recipe, make_train_step, shard_batch
 
-    mesh = make_mesh()                                   # all local devices on one "data" axis
+    mesh = make_mesh()                                   # all devices (of every process) on one "data" axis
     recipe = make_recipe(config, steps_per_epoch)        # model graph, optimiser, learning-rate schedule
     state = create_train_state(recipe, mesh)             # float32 params, replicated on every device
     train_step = make_train_step(recipe, mesh)           # jit(shard_map(per-device step)), state donated
@@ -62,8 +62,9 @@ class Recipe:
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
-    """A one-axis mesh over `devices` (default: all local devices) for data parallelism."""
-    devices = list(devices if devices is not None else jax.local_devices())
+    """A one-axis mesh over `devices` for data parallelism. The default, `jax.devices()`, is every process's
+    devices: the local ones in a one-process run, all of the run's after `jax_vit.distributed.initialize`."""
+    devices = list(devices if devices is not None else jax.devices())
     return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices)
 
 
@@ -183,14 +184,26 @@ def create_train_state(recipe: Recipe, mesh: jax.sharding.Mesh, seed: int | None
     return replicate_on_mesh(mesh, init_train_state(recipe, seed, params))
 
 
+def put_on_mesh(value, sharding: NamedSharding) -> jax.Array:
+    """`value` (the whole array, held by this process) placed with `sharding`. On a mesh spanning several
+    processes each one fills only its own devices' shards; `jax.device_put` would first compare the whole
+    value across processes (a transfer the size of the array: the training set, the weights)."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(value, sharding)
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
 def replicate_on_mesh(mesh: jax.sharding.Mesh, tree):
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    sharding = NamedSharding(mesh, P())
+    return jax.tree.map(lambda x: put_on_mesh(x, sharding), tree)
 
 
 def shard_batch(mesh: jax.sharding.Mesh, *arrays):
-    """Puts global-batch arrays on the mesh, split along their first axis over the data axis."""
+    """Puts global-batch arrays on the mesh, split along their first axis over the data axis (every process
+    passes the same global arrays and keeps its devices' rows)."""
     sharding = NamedSharding(mesh, P(DATA_AXIS))
-    placed = tuple(jax.device_put(a, sharding) for a in arrays)
+    placed = tuple(put_on_mesh(a, sharding) for a in arrays)
     return placed if len(placed) > 1 else placed[0]
 
 

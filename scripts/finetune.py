@@ -22,6 +22,7 @@ if __name__ == "__main__":  # first, so the re-executed process repeats nothing
 def parse_args(argv=None) -> argparse.Namespace:
     from jax_vit.configs import POSITIVE_INT, SEED, Range
     from jax_vit.data import DATASETS
+    from jax_vit.distributed import DEFAULT_TIMEOUT_S
     from jax_vit.finetune import DEFAULT_PRESET, FINETUNE_PRESETS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -46,7 +47,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--download", action="store_true",
                         help="fetch a missing checkpoint (Hugging Face Hub) and missing dataset files")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
-    return parser.parse_args(argv)
+    parser.add_argument("--distributed", action="store_true",
+                        help="one of several processes (hosts) training together: JAX_COORDINATOR_ADDRESS, "
+                             "JAX_NUM_PROCESSES, JAX_PROCESS_ID from the environment, found by JAX on TPU pods and "
+                             "SLURM (docs/distributed.md)")
+    parser.add_argument("--peer-timeout", type=POSITIVE_INT.parse, metavar="SECONDS",
+                        help=f"with --distributed: how long to wait for every process to join, and after which a "
+                             f"silent process counts as dead and the others stop (default {DEFAULT_TIMEOUT_S})")
+    args = parser.parse_args(argv)
+    if args.peer_timeout is not None and not args.distributed:
+        parser.error("--peer-timeout applies only with --distributed")
+    return args
 
 
 def main(argv=None) -> int:
@@ -56,12 +67,15 @@ def main(argv=None) -> int:
     absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax's info/warning chatter
     from jax_vit.configs import ConfigError, parse_overrides
     from jax_vit.data import DataError, load_dataset
+    from jax_vit.distributed import DEFAULT_TIMEOUT_S, DistributedError, exit_code, initialize, is_primary
     from jax_vit.finetune import finetune
     from jax_vit.pretrained import PretrainedError
     from jax_vit.pretrained.hub import resolve
     from jax_vit.train import TrainingError
 
     try:
+        if args.distributed:  # before anything touches a device
+            initialize(args.peer_timeout or DEFAULT_TIMEOUT_S)
         overrides = parse_overrides(args.overrides)
         for flag, key in (("batch_size", "batch_size"), ("seed", "seed")):
             if getattr(args, flag) is not None:
@@ -72,13 +86,13 @@ def main(argv=None) -> int:
                            resolution=args.resolution, steps=args.steps, val_fraction=args.val_fraction,
                            resume=args.resume, overwrite=args.overwrite, download=args.download,
                            data_dir=args.data_dir, progress=not args.no_progress)
-    except (ConfigError, DataError, PretrainedError, TrainingError) as error:
+    except (ConfigError, DataError, PretrainedError, TrainingError, DistributedError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return exit_code(2)
     except KeyboardInterrupt:
         print(f"interrupted; continue with the same command plus --resume (workdir {args.workdir})", file=sys.stderr)
-        return 130
-    if summary["epochs"]:
+        return exit_code(130)
+    if summary["epochs"] and is_primary():  # one report, not one per process
         split = "validation" if args.val_fraction else "test"
         length = (f"{summary['config']['total_steps']} steps" if summary["config"]["total_steps"]
                   else f"{summary['epochs']} epochs")

@@ -17,8 +17,9 @@ if __name__ == "__main__":  # first, so the re-executed process repeats nothing
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from jax_vit.configs import PRESETS
+    from jax_vit.configs import POSITIVE_INT, PRESETS
     from jax_vit.data import DATASETS
+    from jax_vit.distributed import DEFAULT_TIMEOUT_S
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="tiny", help=f"preset: {', '.join(PRESETS)} (default tiny)")
@@ -34,7 +35,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config field, e.g. --set depth=4 --set dropout=0.1 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
-    return parser.parse_args(argv)
+    parser.add_argument("--distributed", action="store_true",
+                        help="one of several processes (hosts) training together: JAX_COORDINATOR_ADDRESS, "
+                             "JAX_NUM_PROCESSES, JAX_PROCESS_ID from the environment, found by JAX on TPU pods and "
+                             "SLURM (docs/distributed.md)")
+    parser.add_argument("--peer-timeout", type=POSITIVE_INT.parse, metavar="SECONDS",
+                        help=f"with --distributed: how long to wait for every process to join, and after which a "
+                             f"silent process counts as dead and the others stop (default {DEFAULT_TIMEOUT_S})")
+    args = parser.parse_args(argv)
+    if args.peer_timeout is not None and not args.distributed:
+        parser.error("--peer-timeout applies only with --distributed")
+    return args
 
 
 def main(argv=None) -> int:
@@ -44,9 +55,12 @@ def main(argv=None) -> int:
     absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax's info/warning chatter
     from jax_vit.configs import ConfigError, get_config, parse_overrides
     from jax_vit.data import DataError, load_dataset
+    from jax_vit.distributed import DEFAULT_TIMEOUT_S, DistributedError, exit_code, initialize, is_primary
     from jax_vit.train import TrainingError, train_and_evaluate
 
     try:
+        if args.distributed:  # before anything touches a device
+            initialize(args.peer_timeout or DEFAULT_TIMEOUT_S)
         overrides = parse_overrides(args.overrides)
         for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("seed", "seed")):
             if getattr(args, flag) is not None:
@@ -55,13 +69,13 @@ def main(argv=None) -> int:
         dataset = load_dataset(args.dataset, args.data_dir, download=args.download)
         summary = train_and_evaluate(config, dataset, args.workdir, resume=args.resume, overwrite=args.overwrite,
                                      data_dir=args.data_dir, progress=not args.no_progress)
-    except (ConfigError, DataError, TrainingError) as error:
+    except (ConfigError, DataError, TrainingError, DistributedError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return exit_code(2)
     except KeyboardInterrupt:
         print(f"interrupted; continue with the same command plus --resume (workdir {args.workdir})", file=sys.stderr)
-        return 130
-    if summary["epochs"]:
+        return exit_code(130)
+    if summary["epochs"] and is_primary():  # one report, not one per process
         print(f"best test accuracy {summary['best_test_acc']:.4f}, final {summary['final_test_acc']:.4f} "
               f"after {summary['epochs']} epochs; results in {args.workdir}")
     return 0
