@@ -120,8 +120,11 @@ def initialize(timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
                                    heartbeat_timeout_seconds=timeout_s, shutdown_timeout_seconds=timeout_s)
     except (ValueError, RuntimeError) as error:  # JAX found no cluster, or the runtime refused
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        hint = HOW if explicit is None else "check that every process has the same three variables"
-        raise DistributedError(f"jax.distributed.initialize failed ({first}): {hint}") from None
+        if explicit is None:
+            raise DistributedError(f"--distributed found no TPU pod slice, SLURM job or MPI launch (JAX: {first}): "
+                                   f"{HOW}") from None
+        raise DistributedError(f"jax.distributed.initialize failed ({first}): check that every process has the "
+                               f"same three variables") from None
 
 
 def is_primary() -> bool:
