@@ -183,6 +183,7 @@ def killed_and_resumed(small_cifar_dir, compilation_cache, tmp_path_factory):
     return workdir, survivor, resumed
 
 
+@pytest.mark.slow  # the two-process runs behind it: about 30 s
 def test_a_killed_process_stops_the_other_within_the_peer_timeout(killed_and_resumed):
     _, survivor, _ = killed_and_resumed
     assert survivor["epochs_done"] < EPOCHS, "the run ended before the kill: nothing was tested"
@@ -193,6 +194,7 @@ def test_a_killed_process_stops_the_other_within_the_peer_timeout(killed_and_res
     assert "another process stopped" in log or "another task died" in log, log[-3000:]
 
 
+@pytest.mark.slow  # the two-process runs behind it: about 30 s
 def test_two_processes_killed_and_resumed_end_exactly_as_one_process_with_two_devices(reference, killed_and_resumed):
     workdir, _, ((_, log0), (_, log1)) = killed_and_resumed
     _assert_same_run(workdir, reference)
@@ -206,6 +208,7 @@ def test_two_processes_killed_and_resumed_end_exactly_as_one_process_with_two_de
     assert (workdir / "curves.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow  # the two-process runs behind it: about 30 s
 def test_resume_on_another_process_count_is_refused_with_one_line(killed_and_resumed, small_cifar_dir, capsys):
     workdir, _, _ = killed_and_resumed
     before = (workdir / "metrics.jsonl").read_text()
