@@ -174,6 +174,7 @@ def test_a_frame_url_pattern_fetches_frames_until_the_clip_ends(tmp_path, seg_di
 # --- the notebooks, top to bottom ----------------------------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.once
 def test_train_notebook_on_the_cpu_trains_the_small_setting_evaluates_and_saves_the_run(tmp_path, cifar10_sample_dir):
     workdir = tmp_path / "runs" / "notebook"
     nb, text = run_notebook("train_vit.ipynb", {"REPO_DIR": str(ROOT), "INSTALL": False,
@@ -195,6 +196,7 @@ def test_train_notebook_on_the_cpu_trains_the_small_setting_evaluates_and_saves_
 
 
 @pytest.mark.slow
+@pytest.mark.once
 def test_segment_notebook_offline_on_the_cpu_falls_back_to_random_weights_and_writes_valid_results(tmp_path, seg_dir):
     out = tmp_path / "out"
     photo = seg_dir / "groceries.jpg"
