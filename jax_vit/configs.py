@@ -99,7 +99,9 @@ class Config:
     dropout: float = 0.0
     attention_dropout: float = 0.0
     drop_path_rate: float = 0.2  # rises linearly from 0 at the first block to this at the last
-    compute_dtype: str = "auto"  # "auto": bfloat16 on GPU/TPU, float32 on CPU; params stay float32
+    # "auto": bfloat16 on TPUs and Ampere+ GPUs, float16 with loss scaling on V100/T4/P100, float32 on CPU
+    # (jax_vit/precision.py); params and optimiser state stay float32.
+    compute_dtype: str = "auto"
     # jax.nn.dot_product_attention's implementation: "xla" (any device) or "cudnn" (cuDNN's fused kernel,
     # NVIDIA GPUs with bfloat16/float16 compute). "xla" stays the default until a GPU measurement says otherwise.
     attention: str = "xla"
@@ -226,9 +228,9 @@ FIELD_RULES: dict[str, Range | tuple] = {
                      "mlp_dim", "epochs", "batch_size"), POSITIVE_INT),
     **dict.fromkeys(("dropout", "attention_dropout", "drop_path_rate", "label_smoothing", "b1", "b2", "ema_decay"),
                     BELOW_ONE),
-    # What the code computes in: model.compute_dtype and the PyTorch baseline's autocast both know these three
-    # (float16 would need loss scaling, which the train step does not do).
-    "compute_dtype": ("auto", "float32", "bfloat16"),
+    # What the code computes in: jax_vit.precision and the PyTorch baseline's autocast both know these
+    # (float16 with dynamic loss scaling in both train steps).
+    "compute_dtype": ("auto", "float32", "bfloat16", "float16"),
     "attention": ("xla", "cudnn"),  # "cudnn" also needs an NVIDIA GPU: model.check_attention, once it is known
     "layer_norm_epsilon": POSITIVE,
     "gelu_approximation": ("none", "tanh"),  # the two forms jax.nn.gelu and torch's F.gelu both compute

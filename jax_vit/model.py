@@ -14,18 +14,20 @@ import numpy as np
 from flax import nnx
 
 from jax_vit.configs import Config, ConfigError
+from jax_vit.precision import device_precision, select_precision
 
 # Glorot-uniform for dense kernels and small normals for embeddings follow the original ViT code.
 dense_init = nnx.initializers.xavier_uniform()
 embed_init = nnx.initializers.normal(stddev=0.02)
 
 
-def compute_dtype(config: Config, platform: str | None = None) -> jnp.dtype:
-    """bfloat16 on GPU/TPU (tensor cores / MXU), float32 on CPU, unless the config names one."""
-    if config.compute_dtype != "auto":
-        return jnp.dtype(config.compute_dtype)
-    platform = platform or jax.default_backend()
-    return jnp.dtype(jnp.float32 if platform == "cpu" else jnp.bfloat16)
+def compute_dtype(config: Config, platform: str | None = None, compute_capability=None) -> jnp.dtype:
+    """What `config.compute_dtype` means on `platform` with a GPU of `compute_capability` (by default: on this
+    process's first device). "auto" follows `jax_vit.precision.select_precision`: bfloat16 on TPUs and on NVIDIA
+    GPUs from Ampere on, float16 (with loss scaling in the train step) on V100/T4/P100, float32 on the CPU."""
+    if platform is None:
+        return jnp.dtype(device_precision(config.compute_dtype).dtype)
+    return jnp.dtype(select_precision(config.compute_dtype, platform, compute_capability).dtype)
 
 
 def check_attention(config: Config, dtype, platform: str | None = None) -> None:
@@ -36,7 +38,8 @@ def check_attention(config: Config, dtype, platform: str | None = None) -> None:
     platform = platform or jax.default_backend()
     head_dim = config.width // config.num_heads
     if platform != "gpu" or jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16) or head_dim % 8:
-        raise ConfigError(f"attention=cudnn needs an NVIDIA GPU, bfloat16 compute and a head dim divisible by 8 "
+        raise ConfigError(f"attention=cudnn needs an NVIDIA GPU, 16-bit compute (bfloat16 or float16) and a head "
+                          f"dim divisible by 8 "
                           f"(here: {platform}, {jnp.dtype(dtype).name}, width/num_heads={head_dim}): "
                           f"use attention=xla")
 
@@ -111,11 +114,14 @@ class MultiHeadSelfAttention(nnx.Module):
         head_dim = width // self.num_heads
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        if train and self.attention_dropout.rate > 0.0:
-            # The fused kernel has no dropout on the attention weights: spell it out only when asked for.
-            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(head_dim).astype(q.dtype)
-            weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
-            weights = self.attention_dropout(weights, train=True, rngs=rngs)
+        # Spelled out where the library call cannot do it: dropout on the attention weights (no fused kernel has
+        # it), and float16 with XLA's attention, which in jax 0.10 asks for the F16_F16_F32 dot algorithm that
+        # XLA:CPU cannot compile (so a float16 step would run on a T4 but not in the CPU tests). The logits are
+        # float32, as in jax's own XLA path: q.k can pass float16's 65504.
+        if (train and self.attention_dropout.rate > 0.0) or (self.implementation == "xla" and q.dtype == jnp.float16):
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / float(np.sqrt(head_dim))
+            weights = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+            weights = self.attention_dropout(weights, train=train, rngs=rngs)
             out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         else:
             out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)

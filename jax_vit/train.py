@@ -30,6 +30,8 @@ from jax_vit import checkpoints, distributed, reporting
 from jax_vit.allocator import active_allocator
 from jax_vit.configs import Config, ConfigError
 from jax_vit.data import Dataset
+from jax_vit.platforms import PlatformError, check_requested_platform, cpu_fallback_note
+from jax_vit.precision import MIN_LOSS_SCALE
 from jax_vit.train_step import (DATA_AXIS, make_eval_step, make_mesh, make_recipe, make_train_step,
                                 create_train_state, replicate_on_mesh, shard_batch, total_steps)
 
@@ -183,10 +185,18 @@ def _diverged(manager, what: str, epoch: int) -> LossDiverged:
     return LossDiverged(f"{what} (epoch {epoch}); last good checkpoint kept ({where})")
 
 
-def _first_non_finite(rows: list[dict[str, float]]) -> int | None:
+def _first_divergence(rows: list[dict[str, float]]) -> tuple[int, str] | None:
+    """(index, what happened) of the first step that diverged, else None. A float16 step whose gradients
+    overflowed was skipped and its loss scale halved: that is the loss scaling at work, not a divergence,
+    unless the scale was already at its floor (the gradients overflow float16 unscaled)."""
     for index, row in enumerate(rows):
-        if not (math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])):
-            return index
+        if not math.isfinite(row["loss"]):
+            return index, "loss became NaN/inf"
+        if row.get("skipped"):
+            if row["loss_scale"] <= MIN_LOSS_SCALE:
+                return index, f"float16 gradients overflowed with the loss scale at {MIN_LOSS_SCALE:g}"
+        elif not math.isfinite(row["grad_norm"]):
+            return index, "loss became NaN/inf"
     return None
 
 
@@ -225,6 +235,10 @@ def train_and_evaluate(
     log = tqdm.write if primary else (lambda message: None)
     workdir = Path(workdir).resolve()
     config = configure_for_dataset(config, dataset)
+    try:
+        check_requested_platform()
+    except PlatformError as error:
+        raise TrainingError(str(error)) from None
     mesh = make_mesh(devices)
     num_devices = mesh.devices.size
     if config.batch_size % num_devices:
@@ -237,13 +251,16 @@ def train_and_evaluate(
     if config.total_steps:  # a run defined in steps: the epochs follow, the last one cut short
         config = config.replace(epochs=math.ceil(config.total_steps / steps_per_epoch))
     run_steps = total_steps(config, steps_per_epoch)
+    recipe = make_recipe(config, steps_per_epoch)
     run_record = {"config": config.to_dict(), "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
                   "data_source": dataset.source, "class_names": list(dataset.class_names),
                   "train_size": len(dataset.train_images), "test_size": len(dataset.test_images),
-                  "process_count": jax.process_count(), **(run_info or {})}
+                  "process_count": jax.process_count(), "precision": recipe.precision.to_dict(),
+                  **(run_info or {})}
     resuming = prepare_workdir(workdir, run_record, resume=resume, overwrite=overwrite, compare=tuple(run_info or ()))
-
-    recipe = make_recipe(config, steps_per_epoch)
+    for line in (recipe.precision.describe(), cpu_fallback_note(mesh.devices.flat[0].platform)):
+        if line:
+            log(line)
     manager = checkpoints.make_manager(workdir)
     state = checkpoints.restore(manager, recipe, mesh, "latest") if resuming else None
     rows = []
@@ -283,7 +300,7 @@ def train_and_evaluate(
             bar.update(1)
             if done % PROGRESS_EVERY == 0:
                 seen = tracker.flush(keep_newest=True)
-                if _first_non_finite(seen) is not None:
+                if _first_divergence(seen) is not None:
                     break
                 recent = seen[-PROGRESS_EVERY:]
                 bar.set_postfix(loss=f"{np.mean([r['loss'] for r in recent]):.3f}",
@@ -291,9 +308,9 @@ def train_and_evaluate(
                                 img_s=f"{len(seen) * config.batch_size / (time.time() - epoch_start):.0f}")
         bar.close()
         seen = tracker.flush()
-        bad = _first_non_finite(seen)
+        bad = _first_divergence(seen)
         if bad is not None:
-            raise _diverged(manager, f"loss became NaN/inf at step {(epoch - 1) * steps_per_epoch + bad + 1}", epoch)
+            raise _diverged(manager, f"{bad[1]} at step {(epoch - 1) * steps_per_epoch + bad[0] + 1}", epoch)
         jax.block_until_ready(state)
         epoch_seconds = time.time() - epoch_start
 
@@ -310,6 +327,9 @@ def train_and_evaluate(
             # This process compiled the step during it: its speed is not the run's (a resumed run compiles again).
             "includes_compilation": epoch == start_epoch + 1,
         }
+        if "loss_scale" in seen[-1]:  # float16: the scale the epoch's last step used, and the overflows skipped
+            row["loss_scale"] = seen[-1]["loss_scale"]
+            row["skipped_steps"] = int(sum(r["skipped"] for r in seen))
         if state.ema_params is not None:
             row["ema_test_loss"], row["ema_test_acc"], _ = evaluate(
                 eval_step, state.ema_params, test_batches, len(dataset.test_labels))
@@ -329,13 +349,16 @@ def train_and_evaluate(
                    f"{eval_name} loss {test_loss:.4f} acc {test_acc:.4f}")
         if "ema_test_acc" in row:
             message += f" (EMA {row['ema_test_acc']:.4f})"
+        if "loss_scale" in row:
+            message += f" | loss scale {row['loss_scale']:g}, {row['skipped_steps']} step(s) skipped"
         message += f" | {epoch_seconds:.1f} s, {row['images_per_second']:.0f} img/s"
         log(message)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 
     manager.close()
-    summary = write_summary(workdir, config, rows, dataset, mesh, wall_seconds=time.time() - started)
+    summary = write_summary(workdir, config, rows, dataset, mesh, wall_seconds=time.time() - started,
+                            precision=recipe.precision.to_dict())
     if rows and primary:
         reporting.plot_curves(rows, workdir / "curves.png",
                               f"ViT on {dataset.name}: width {config.width}, depth {config.depth}, "
@@ -351,7 +374,8 @@ def _mean_speed(rows) -> float | None:
     return float(np.mean(steady)) if steady else None
 
 
-def write_summary(workdir: Path, config: Config, rows, dataset: Dataset, mesh, wall_seconds: float) -> dict:
+def write_summary(workdir: Path, config: Config, rows, dataset: Dataset, mesh, wall_seconds: float,
+                  precision: dict | None = None) -> dict:
     device = mesh.devices.flat[0]
 
     def best(key):
@@ -368,6 +392,7 @@ def write_summary(workdir: Path, config: Config, rows, dataset: Dataset, mesh, w
         "platform": device.platform,
         "device_count": int(mesh.devices.size),
         "process_count": jax.process_count(),
+        "precision": precision,  # compute dtype, loss scaling and why (jax_vit/precision.py)
         "dataset": dataset.name,
         "train_size": len(dataset.train_images),
         "test_size": len(dataset.test_images),
@@ -375,6 +400,8 @@ def write_summary(workdir: Path, config: Config, rows, dataset: Dataset, mesh, w
         "host_allocator": active_allocator(),
         "config": config.to_dict(),
     }
+    if rows and "skipped_steps" in rows[-1]:
+        summary["skipped_steps"] = sum(r.get("skipped_steps", 0) for r in rows)  # float16 overflows, all epochs
     if rows and "ema_test_acc" in rows[-1]:
         summary["best_ema_test_acc"] = best("ema_test_acc")
         summary["final_ema_test_acc"] = rows[-1]["ema_test_acc"]

@@ -10,10 +10,14 @@ The trainer and the speed benchmark both use exactly this, so a benchmark measur
     train_step = make_train_step(recipe, mesh)           # jit(shard_map(per-device step)), state donated
     images, labels = shard_batch(mesh, images_uint8_nhwc, int_labels)   # global batch split over "data"
     state, metrics = train_step(state, images, labels)   # metrics: loss, accuracy, grad_norm, lr (scalars)
+                                                         # (+ loss_scale, skipped when computing in float16)
 
 `state` is donated: always rebind it (`state, metrics = train_step(state, ...)`), never reuse the old one.
 The global batch must divide evenly over the devices. Augmentation (`jax_vit.augment.augment`) runs inside
 the step, so the inputs are the raw uint8 images and integer labels.
+
+In float16 (`recipe.precision`, from `jax_vit.precision`) the step scales the loss dynamically: an update
+whose gradients overflow is skipped (params, optimiser state and EMA stay as they were) and the scale halves.
 
 The same per-device function also runs under `jax.pmap` (`make_pmap_train_step`, with a state that has a
 leading device axis from `replicate`); one device is simply the one-element case of either.
@@ -36,6 +40,7 @@ from jax.sharding import PartitionSpec as P
 from jax_vit.augment import augment, model_inputs
 from jax_vit.configs import Config
 from jax_vit.model import VisionTransformer
+from jax_vit.precision import DynamicLossScale, Precision, all_finite, device_precision, select_tree
 
 DATA_AXIS = "data"
 Metrics = dict[str, jax.Array]
@@ -43,11 +48,13 @@ Metrics = dict[str, jax.Array]
 
 @flax.struct.dataclass
 class TrainState:
-    step: jax.Array  # int32 scalar: optimiser updates done so far
+    step: jax.Array  # int32 scalar: train steps done so far (float16 steps skipped on an overflow count too)
     params: Any  # the model's parameters as a pure dict (nnx.split(model) state's .to_pure_dict())
     opt_state: Any
     ema_params: Any  # exponential moving average of params; None when config.ema_decay == 0
     rng: jax.Array  # raw uint32 key data (checkpointable); step and device keys are folded from it
+    # float16 compute only (else None, so float32/bfloat16 checkpoints keep the layout they always had).
+    loss_scale: DynamicLossScale | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # compared and hashed by identity: a jit cache key
@@ -59,6 +66,7 @@ class Recipe:
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     steps_per_epoch: int
+    precision: Precision  # the compute dtype on this process's devices, and why
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
@@ -138,10 +146,13 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> tuple[optax.Gradient
 def make_recipe(config: Config, steps_per_epoch: int) -> Recipe:
     """Cached, so the steps built from it below are too: a resumed or re-evaluated run in the same
     process reuses the compiled step instead of compiling it again."""
+    precision = device_precision(config.compute_dtype)
     # The graph definition does not depend on the init values: build it abstractly (no compute).
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: VisionTransformer(config, rngs=nnx.Rngs(0))))
+    graphdef, _ = nnx.split(nnx.eval_shape(
+        lambda: VisionTransformer(config, rngs=nnx.Rngs(0), dtype=jnp.dtype(precision.dtype))))
     tx, schedule = make_optimizer(config, steps_per_epoch)
-    return Recipe(config=config, graphdef=graphdef, tx=tx, schedule=schedule, steps_per_epoch=steps_per_epoch)
+    return Recipe(config=config, graphdef=graphdef, tx=tx, schedule=schedule, steps_per_epoch=steps_per_epoch,
+                  precision=precision)
 
 
 def init_train_state(recipe: Recipe, seed: int | None = None, params=None) -> TrainState:
@@ -162,6 +173,7 @@ def init_train_state(recipe: Recipe, seed: int | None = None, params=None) -> Tr
         opt_state=recipe.tx.init(params),
         ema_params=jax.tree.map(jnp.copy, params) if recipe.config.ema_decay > 0 else None,
         rng=jax.random.key_data(train_key),
+        loss_scale=DynamicLossScale.create() if recipe.precision.loss_scaling else None,
     )
 
 
@@ -234,23 +246,32 @@ def train_step_per_device(
     """One optimiser update, written for one device's shard of the global batch.
 
     Gradients and metrics are averaged over `axis_name`, so with equal shards the update is the one a
-    single device would make on the whole global batch.
+    single device would make on the whole global batch. With a loss scale in the state (float16) the
+    gradients of the scaled loss are unscaled in float32, and an update whose gradients are not all finite is
+    skipped; the averaged gradients are the same on every device, so every device skips the same steps.
     """
     config = recipe.config
     augment_key, dropout_key = step_keys(state, axis_name)
     inputs, targets = augment(images, labels, augment_key, config)
+    scaling = state.loss_scale
 
     def loss_fn(params):
         model = nnx.merge(recipe.graphdef, params)
         logits = model(inputs, train=True, rngs=nnx.Rngs(dropout=dropout_key))
-        return cross_entropy(logits, targets), logits
+        loss = cross_entropy(logits, targets)
+        # Scaling the loss scales every gradient of the float16 backward pass, lifting small ones above
+        # float16's underflow; the loss itself and the head's logits are float32.
+        return (loss if scaling is None else scaling.scale_loss(loss)), (loss, logits)
 
     # Under shard_map the params are device-invariant, and differentiating a per-device loss with respect to
     # them would silently *sum* gradients over devices. Marking them device-varying first gives each device
     # its own gradient, which the explicit pmean then averages (under pmap the cast is a no-op).
     params = _as_device_varying(state.params, axis_name)
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    (_, (loss, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    # An overflow on any one device makes the mean inf or NaN on all of them: the pmean is also the vote.
     grads = jax.lax.pmean(grads, axis_name)
+    if scaling is not None:
+        grads = scaling.unscale(grads)
     updates, opt_state = recipe.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = state.ema_params
@@ -263,7 +284,17 @@ def train_step_per_device(
     metrics = jax.lax.pmean(metrics, axis_name)
     metrics["grad_norm"] = optax.global_norm(grads)
     metrics["lr"] = recipe.schedule(state.step)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params)
+    loss_scale = None
+    if scaling is not None:
+        finite = all_finite(grads)
+        # A skipped step keeps the pre-step params, optimiser state (its step count too) and EMA.
+        params, opt_state, ema_params = select_tree(
+            finite, (params, opt_state, ema_params), (state.params, state.opt_state, state.ema_params))
+        loss_scale = scaling.adjust(finite)
+        metrics["loss_scale"] = scaling.scale  # the scale this step used
+        metrics["skipped"] = (~finite).astype(jnp.float32)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params,
+                              loss_scale=loss_scale)
     return new_state, metrics
 
 

@@ -79,8 +79,8 @@ def _refused(main, argv, capsys) -> str:
     ("mixup_alpha", "-0.8", "mixup_alpha=-0.8 is out of range: use a value >= 0"),
     ("cutmix_alpha", "-1", "use a value >= 0"),
     ("seed", "-3", "seed=-3 is out of range: use an integer in [0, 4294967296)"),
-    ("compute_dtype", "float16", "compute_dtype='float16' is out of range: use one of auto, float32, bfloat16"),
-    ("compute_dtype", "int8", "use one of auto, float32, bfloat16"),
+    ("compute_dtype", "float64", "compute_dtype='float64' is out of range: use one of auto, float32, bfloat16, float16"),
+    ("compute_dtype", "int8", "use one of auto, float32, bfloat16, float16"),
     ("attention", "flash", "attention='flash' is out of range: use one of xla, cudnn"),
     ("dataset", "mnist", "dataset='mnist' is out of range: use one of cifar10, fashion_mnist"),
 ])
@@ -130,6 +130,7 @@ def test_cudnn_attention_is_refused_where_it_cannot_run():
     with pytest.raises(ConfigError, match=r"^attention=cudnn needs an NVIDIA GPU.*\(here: cpu, float32.*=xla$"):
         VisionTransformer(config, rngs=nnx.Rngs(0))  # this CPU
     check_attention(config, jnp.bfloat16, "gpu")  # width 96 / 3 heads: head dim 32
+    check_attention(config, jnp.float16, "gpu")  # a T4 or V100 computing in float16
     with pytest.raises(ConfigError, match=r"\(here: gpu, float32"):
         check_attention(config, jnp.float32, "gpu")
     with pytest.raises(ConfigError, match="width/num_heads=20"):
