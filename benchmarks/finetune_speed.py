@@ -7,8 +7,8 @@ user's checkpoint takes, so both sides start from the same weights. Each side th
   recipe (momentum SGD, clipping) on uint8 32x32 images, cropped, flipped and resized to the resolution inside
   the step, as scripts/finetune.py trains;
 - timm: `torch.optim.SGD(momentum=0.9)` on the JAX step's learning-rate schedule, with `clip_grad_norm_` and
-  cross-entropy, on images already normalised and resized on the device (bf16 autocast on a GPU, as the JAX
-  side computes in bf16 there).
+  cross-entropy, on images already normalised and resized on the device (autocast in the JAX side's compute
+  dtype: bf16 on Ampere and newer GPUs, fp16 with a GradScaler on V100/T4).
 Rounds are interleaved with a rotating order, as in `benchmarks.speed`, and the report has the same shape, so
 `benchmarks.speed.format_table` prints it.
 """
@@ -31,7 +31,7 @@ from benchmarks import flops
 from benchmarks.runners import SCHEDULE_STEPS_PER_EPOCH, JaxRunner, synthetic_batch
 from benchmarks.speed import (_ratios, _summary, check_comparable, machine_load, machine_record,
                               precision, versions)
-from benchmarks.torch_train import Schedule, autocast, synchronize
+from benchmarks.torch_train import Schedule, apply_gradients, autocast, make_grad_scaler, synchronize
 from jax_vit.augment import normalize
 from jax_vit.configs import FINETUNE_PRESETS, Config, get_config
 from jax_vit.pretrained import init_params, load_pretrained
@@ -88,6 +88,7 @@ class TimmRunner:
         self.model = torch.compile(model) if compile else model
         self.optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
+        self.scaler = make_grad_scaler(self.device, config.compute_dtype)  # float16 only, as the JAX step scales
         # The JAX step's warm-up + cosine, step for step (with SCHEDULE_STEPS_PER_EPOCH, as JaxRunner builds it).
         total = total_steps(config, SCHEDULE_STEPS_PER_EPOCH)
         warmup = min(config.warmup_steps or round(config.warmup_epochs * SCHEDULE_STEPS_PER_EPOCH), total - 1)
@@ -111,10 +112,7 @@ class TimmRunner:
         with autocast(self.device, self.config.compute_dtype):
             logits = self.model(self.images)
         loss = F.cross_entropy(logits.float(), self.labels, label_smoothing=self.config.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip_norm, foreach=True)
-        self.optimizer.step()
+        apply_gradients(loss, self.optimizer, self.scaler, self.model.parameters(), self.config.grad_clip_norm)
         return loss.detach()
 
     def first_step(self) -> float:
@@ -207,7 +205,7 @@ def build_finetune_report(run: dict[str, Any], *, command: str) -> dict[str, Any
             "recipe_preset": run["preset"], "resolution": config.input_size, "batch_size": run["batch_size"],
             "steps_per_repeat": run["steps"], "repeats": run["repeats"], "warmup_steps": run["warmup_steps"],
             "frameworks": run["frameworks"],
-            "precision": precision(config, run["torch_device"], jax.default_backend()),
+            "precision": precision(config, run["torch_device"]),
             "torch_optimizer": f"SGD(momentum={config.momentum}) + clip_grad_norm_({config.grad_clip_norm})",
             "torch_compile_mode": "default",
             "notes": ("Random weights (nothing downloaded), the same on both sides: timm's state dict read back "

@@ -119,7 +119,7 @@ def attention_agreement(config: Config, batch_size: int) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
 
-    dtype = compute_dtype(config, jax.default_backend())
+    dtype = compute_dtype(config)
     shape = (batch_size, config.num_patches + 1, config.num_heads, config.width // config.num_heads)
     q, k, v = (jax.random.normal(key, shape, jnp.float32) for key in jax.random.split(jax.random.key(0), 3))
     with jax.default_matmul_precision("highest"):
@@ -228,13 +228,17 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     return ratios
 
 
-def precision(config: Config, torch_device: str | None, jax_platform: str) -> dict[str, str]:
-    """What each framework computes in, from the config's `compute_dtype` (both follow it)."""
-    jax_bf16 = compute_dtype(config, jax_platform) != np.dtype("float32")
-    torch_bf16 = torch_device is not None and autocast_dtype(torch.device(torch_device), config.compute_dtype) is not None
+def precision(config: Config, torch_device: str | None) -> dict[str, str]:
+    """What each framework computes in, from the config's `compute_dtype` (both follow the same rule,
+    `jax_vit.precision`): JAX on this process's first device."""
+    jax_dtype = compute_dtype(config).name
+    torch_dtype = autocast_dtype(torch.device(torch_device), config.compute_dtype) if torch_device else None
+    scaling = " with loss scaling" if jax_dtype == "float16" else ""
+    torch_name = str(torch_dtype).removeprefix("torch.")
     return {
-        "jax": "bfloat16 compute, float32 params" if jax_bf16 else "float32",
-        "torch": "bf16 autocast, float32 params" if torch_bf16 else "float32",
+        "jax": f"{jax_dtype} compute{scaling}, float32 params" if jax_dtype != "float32" else "float32",
+        "torch": f"{torch_name} autocast{' with GradScaler' if torch_dtype == torch.float16 else ''}, float32 params"
+                 if torch_dtype is not None else "float32",
     }
 
 
@@ -264,7 +268,7 @@ def build_report(run: dict[str, Any], *, preset: str, command: str) -> dict[str,
         "settings": {
             "preset": preset, "batch_size": run["batch_size"], "steps_per_repeat": run["steps"],
             "repeats": run["repeats"], "warmup_steps": run["warmup_steps"], "frameworks": run["frameworks"],
-            "precision": precision(config, run["torch_device"], jax.default_backend()),
+            "precision": precision(config, run["torch_device"]),
             "torch_optimizer": "AdamW(fused=True)", "torch_compile_mode": "default",
             "dataset": run["dataset"], "torch_loader_workers": run["loader_workers"],
             "notes": ("Synthetic steps: one fixed in-memory batch. The JAX step is the production step, so it "

@@ -1,8 +1,8 @@
 """The JAX trainer's recipe in an ordinary PyTorch loop: AdamW, warm-up + cosine, label smoothing, clipping.
 
-Written as a careful PyTorch user would (fused AdamW, bf16 autocast on GPU, `clip_grad_norm_`), with the
-choices that make it the *same* recipe as the Optax one, so one step from the same state gives the same
-update:
+Written as a careful PyTorch user would (fused AdamW, autocast on GPU: bf16, or fp16 with `torch.amp.GradScaler`
+on GPUs without fast bf16; `clip_grad_norm_`), with the choices that make it the *same* recipe as the Optax one,
+so one step from the same state gives the same update:
 - `torch.optim.AdamW` equals `optax.adamw`: eps added to sqrt(v_hat), bias correction on both moments,
   decoupled weight decay multiplied by the learning rate, applied to the pre-step parameters.
 - Weight decay only on the kernels of dense and conv layers, never on biases, LayerNorm scales, the
@@ -10,6 +10,11 @@ update:
 - The learning rate follows `optax.warmup_cosine_decay_schedule` exactly, step 0 included (`lr_at_step`).
 - `F.cross_entropy(label_smoothing=s)` equals cross-entropy against one-hot targets smoothed by s/K.
 - `clip_grad_norm_` equals `optax.clip_by_global_norm` up to its 1e-6 guard in the denominator.
+- The compute dtype follows the JAX rule (`jax_vit.precision.select_precision`, fed with torch's view of the
+  GPU). In float16 the GradScaler starts and grows as the JAX step's loss scale does (2**15, doubling after 2000
+  finite steps, halving on an overflow, whose update it skips). One difference: the learning rate here follows
+  iterations, PyTorch's usual `scheduler.step()` every step, while optax's follows applied updates; they part
+  by one step per skipped overflow.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jax_vit.configs import Config
+from jax_vit.precision import GROWTH_INTERVAL, INITIAL_LOSS_SCALE, Precision, select_precision
 
 # Parameters that a transformer recipe never decays even though they are not 1-D.
 NO_DECAY_NAMES = frozenset({"cls_token", "pos_embed"})
@@ -77,12 +83,22 @@ def make_optimizer(model: nn.Module, config: Config, schedule: Schedule) -> tupl
     return optimizer, scheduler
 
 
+AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_precision(device: torch.device, compute_dtype: str = "auto") -> Precision:
+    """The JAX trainer's choice for `compute_dtype` on this torch device (a CUDA GPU's compute capability and
+    name come from torch)."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return select_precision(compute_dtype, "gpu", f"{major}.{minor}", torch.cuda.get_device_name(device))
+    return select_precision(compute_dtype, device.type)
+
+
 def autocast_dtype(device: torch.device, compute_dtype: str = "auto") -> torch.dtype | None:
-    """The Flax model's compute dtype: "auto" is bfloat16 on GPU (tensor cores) and float32 (no autocast) on
-    CPU; "float32" / "bfloat16" are that everywhere, as `--set compute_dtype=...` makes them for JAX."""
-    if compute_dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return torch.bfloat16 if compute_dtype == "bfloat16" else None
+    """The Flax model's compute dtype as an autocast dtype (None: float32, no autocast): "auto" follows the
+    device as in JAX; "float32" / "bfloat16" / "float16" are that everywhere, as `--set compute_dtype=...`."""
+    return AUTOCAST_DTYPES[torch_precision(device, compute_dtype).dtype]
 
 
 def autocast(device: torch.device, compute_dtype: str = "auto"):
@@ -90,6 +106,34 @@ def autocast(device: torch.device, compute_dtype: str = "auto"):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_grad_scaler(device: torch.device, compute_dtype: str = "auto") -> torch.amp.GradScaler | None:
+    """A GradScaler where the compute dtype is float16 (bf16 has float32's range and needs none), else None."""
+    if autocast_dtype(device, compute_dtype) != torch.float16:
+        return None
+    return torch.amp.GradScaler(device.type, init_scale=INITIAL_LOSS_SCALE, growth_interval=GROWTH_INTERVAL)
+
+
+def apply_gradients(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+                    parameters, clip_norm: float) -> None:
+    """Backward, clip at `clip_norm` (0: not at all), optimizer step; through `scaler` when there is one: the loss
+    scaled, the gradients unscaled before clipping (as the JAX step clips the true gradients), the step skipped
+    when a gradient is inf/NaN and the scale lowered."""
+    optimizer.zero_grad(set_to_none=True)
+    parameters = list(parameters)
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    if clip_norm > 0:
+        nn.utils.clip_grad_norm_(parameters, clip_norm, foreach=True)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
 
 
 class TorchTrainStep:
@@ -104,17 +148,14 @@ class TorchTrainStep:
         self.config = config
         self.device = device
         self.optimizer, self.scheduler = make_optimizer(model, config, schedule)
+        self.scaler = make_grad_scaler(device, config.compute_dtype)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.model.train()
         with autocast(self.device, self.config.compute_dtype):
             logits = self.model(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip_norm > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip_norm, foreach=True)
-        self.optimizer.step()
+        apply_gradients(loss, self.optimizer, self.scaler, self.model.parameters(), self.config.grad_clip_norm)
         self.scheduler.step()
         return loss.detach()
 

@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
             clipseg_model=args.clipseg_model, box_threshold=args.box_threshold, text_threshold=args.text_threshold,
             max_detections=args.max_detections, device=worker_device(args.device, share.local_rank),
             random_weights=args.random_weights)
+        print(f"on {segmenter.device}: {segmenter.autocast.describe()}", file=sys.stderr)
         for source, name in tqdm(todo, desc="images", unit="img", disable=len(todo) == 1):
             try:
                 record = segmenter.process_file(source, args.prompt, out, name=name)

@@ -3,6 +3,8 @@
 The JAX side is the production step (`jax_vit.train_step.make_train_step`), on one device. Augmentation,
 dropout and DropPath are switched off so both sides see identical inputs and compute deterministically.
 """
+import copy
+
 import jax
 import numpy as np
 import pytest
@@ -97,3 +99,59 @@ def test_weight_decay_applies_to_the_same_parameters_in_both_frameworks():
     }
     assert torch_decayed == jax_decayed
     assert "patch_embed.kernel" in jax_decayed and "pos_embed" not in jax_decayed
+
+
+def _baseline_step(config, steps, batch):
+    """The PyTorch baseline's step from the JAX trainer's initial weights, after `steps` steps on `batch`, and
+    their losses."""
+    state = create_train_state(make_recipe(config, STEPS_PER_EPOCH), make_mesh(jax.devices()[:1]))
+    model = load_flax_weights(TorchViT(config), state.params)
+    step = TorchTrainStep(model, config, Schedule.from_config(config, STEPS_PER_EPOCH), torch.device("cpu"))
+    return step, [float(step(*batch)) for _ in range(steps)]
+
+
+def _weights(step):
+    return [p.detach().clone() for p in step.model.parameters()]
+
+
+def _set_scale(scaler, scale):
+    scaler.load_state_dict({**scaler.state_dict(), "scale": scale})  # also for a copy not yet used
+
+
+def test_the_float16_baseline_scales_the_loss_skips_an_overflow_and_tracks_float32():
+    # float16 autocast with a GradScaler, as on a T4: torch autocasts to float16 on this CPU too.
+    config = deterministic("tiny").replace(compute_dtype="float16", epochs=20, depth=1)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    batch = (torch.from_numpy(np.array(normalize(images, config))).permute(0, 3, 1, 2).contiguous(),
+             torch.from_numpy(rng.integers(0, 10, 8)).long())  # one batch again and again: the loss must fall
+    step, losses = _baseline_step(config, 6, batch)
+    assert step.scaler is not None and step.scaler.get_scale() == 2.0**15
+    _, float32_losses = _baseline_step(config.replace(compute_dtype="float32"), 6, batch)
+    assert losses[-1] < losses[0] - 0.3 and losses == pytest.approx(float32_losses, rel=1e-2)
+    assert losses[1:] != float32_losses[1:]  # float16 did compute
+    assert TorchTrainStep(step.model, config.replace(compute_dtype="bfloat16"), Schedule.from_config(config, 4),
+                          torch.device("cpu")).scaler is None  # bfloat16 needs no loss scaling
+    start = copy.deepcopy(step)  # model, optimizer, schedule and scaler together
+
+    # 2^30 overflows float16 in the backward pass: halve until the batch fits, each overflow skipping its update.
+    _set_scale(step.scaler, 2.0**30)
+    skipped = 0
+    while True:
+        before, scale = _weights(step), step.scaler.get_scale()
+        step(*batch)
+        if step.scaler.get_scale() == scale:  # no overflow: the weights moved
+            assert any(not torch.equal(a, b) for a, b in zip(before, _weights(step)))
+            break
+        assert step.scaler.get_scale() == scale / 2 and all(torch.equal(a, b) for a, b in zip(before, _weights(step)))
+        skipped += 1
+    fitting = step.scaler.get_scale()
+    assert skipped >= 1
+
+    # Twice the largest scale that fits, from the same state: exactly one skipped update, then updates.
+    _set_scale(start.scaler, 2.0 * fitting)
+    before = _weights(start)
+    start(*batch)
+    assert start.scaler.get_scale() == fitting and all(torch.equal(a, b) for a, b in zip(before, _weights(start)))
+    start(*batch)
+    assert start.scaler.get_scale() == fitting and any(not torch.equal(a, b) for a, b in zip(before, _weights(start)))

@@ -11,7 +11,7 @@ from PIL import Image
 from torch_seg import _torchvision_compat
 from torch_seg.boxes import clip_boxes, cxcywh_normalized_to_xyxy_pixels, mask_to_box
 from torch_seg.checkpoints import resolve_gdino_checkpoint, resolve_sam2_checkpoint, sam2_config
-from torch_seg.device import autocast, resolve_device
+from torch_seg.device import autocast, autocast_choice, choose_autocast, mps_available, resolve_device
 from torch_seg.errors import UserError
 from torch_seg.images import image_stem, list_images, load_image, output_names
 from torch_seg.overlay import draw_overlay, palette
@@ -236,9 +236,63 @@ def test_cuda_asked_for_but_absent_is_a_user_error():
         pytest.skip("a CUDA GPU is present")
     with pytest.raises(UserError, match="no CUDA"):
         resolve_device("cuda")
-    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cpu") or mps_available()
     with autocast("cpu"):
         assert not torch.is_autocast_enabled()
+
+
+def _machine(monkeypatch, *, cuda: bool, mps: bool, capability=(8, 0), name="a GPU"):
+    """Pretend this torch sees a CUDA GPU of `capability` and/or an MPS device."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+
+@pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"),
+                                                 (False, False, "cpu")])
+def test_auto_picks_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
+    _machine(monkeypatch, cuda=cuda, mps=mps)
+    assert resolve_device("auto") == torch.device(expected)
+
+
+def test_mps_asked_for_but_absent_is_one_line_naming_the_fix(monkeypatch):
+    _machine(monkeypatch, cuda=False, mps=False)
+    with pytest.raises(UserError) as error:
+        resolve_device("mps")
+    assert "--device mps" in str(error.value) and "use --device cpu or auto" in str(error.value)
+    assert "\n" not in str(error.value)
+    _machine(monkeypatch, cuda=False, mps=True)
+    assert resolve_device("mps") == torch.device("mps")
+
+
+@pytest.mark.parametrize("name, capability, dtype", [
+    ("Tesla P100-PCIE-16GB", (6, 0), torch.float16), ("Tesla P40", (6, 1), None),
+    ("Tesla V100-SXM2-16GB", (7, 0), torch.float16), ("Tesla T4", (7, 5), torch.float16),
+    ("NVIDIA A100-SXM4-40GB", (8, 0), torch.bfloat16), ("NVIDIA H100 80GB HBM3", (9, 0), torch.bfloat16),
+])
+def test_autocast_per_gpu_generation_with_its_reason(monkeypatch, name, capability, dtype):
+    _machine(monkeypatch, cuda=True, mps=False, capability=capability, name=name)
+    choice = autocast_choice("cuda")
+    assert choice.dtype == dtype and name in choice.reason and f"sm_{capability[0]}{capability[1]}" in choice.reason
+    assert choice.to_dict() == {"dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+                                "reason": choice.reason}
+
+
+def test_no_autocast_on_mps_and_the_cpu():
+    for device in ("mps", "cpu"):
+        choice = choose_autocast(device)
+        assert choice.dtype is None and choice.to_dict()["dtype"] is None
+    assert "SAM 2" in choose_autocast("mps").reason and choose_autocast("cpu").reason.startswith("CPU")
+    assert autocast_choice("cpu").describe().startswith("float32, no autocast: CPU")
+
+
+def test_float16_autocast_runs_on_this_cpu_as_on_a_t4(monkeypatch):
+    # torch 2.13 autocasts to float16 on the CPU too: the context the chains enter on a T4, on a real matmul.
+    monkeypatch.setattr("torch_seg.device.autocast_choice", lambda device: choose_autocast("cuda", (7, 5)))
+    layer = torch.nn.Linear(4, 4)
+    with autocast("cpu"):
+        assert torch.is_autocast_enabled("cpu") and layer(torch.ones(2, 4)).dtype == torch.float16
 
 
 def test_missing_checkpoints_name_the_download_command(tmp_path):

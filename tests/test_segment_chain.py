@@ -23,7 +23,8 @@ import segment as segment_cli  # noqa: E402
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.filterwarnings("ignore::UserWarning")]
 
 RESULT_KEYS = {"schema_version", "image", "width", "height", "prompt", "phrases", "box_threshold", "text_threshold",
-               "models", "random_weights", "note", "device", "num_detections", "detections", "timings_ms"}
+               "models", "random_weights", "note", "device", "autocast", "num_detections", "detections",
+               "timings_ms"}
 DETECTION_KEYS = {"index", "label", "phrase", "box_score", "box_xyxy", "mask_score", "mask_area", "mask_rle",
                   "mask_file"}
 
@@ -47,6 +48,7 @@ def check_result_folder(folder: Path, image_path: Path) -> dict:
     width, height = Image.open(image_path).size
     assert (record["width"], record["height"]) == (width, height)
     assert record["random_weights"] is True and "RANDOM WEIGHTS" in record["note"]
+    assert record["autocast"]["dtype"] is None and record["autocast"]["reason"].startswith("CPU")  # float32 here
     assert record["models"]["sam2"]["name"] == "sam2.1_hiera_tiny"
     assert {"load", "detect", "sam_encode", "sam_decode", "overlay", "total"} <= set(record["timings_ms"])
     assert Image.open(folder / "overlay.png").size == (width, height)

@@ -20,7 +20,8 @@ from torch_seg.rle import rle_to_mask
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.filterwarnings("ignore::UserWarning")]
 
 RECORD_KEYS = {"schema_version", "image", "width", "height", "prompt", "phrases", "box_threshold", "text_threshold",
-               "models", "random_weights", "note", "device", "num_detections", "detections", "timings_ms"}
+               "models", "random_weights", "note", "device", "autocast", "num_detections", "detections",
+               "timings_ms"}
 DETECTION_KEYS = {"index", "label", "phrase", "box_score", "box_xyxy", "mask_score", "mask_area", "mask_rle",
                   "mask_file"}
 UPLOAD_LIMIT = 2 * 2**20

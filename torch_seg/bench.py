@@ -4,7 +4,8 @@
 decode; images decoded beforehand, no file writing) and, optionally, groundingdino-py and sam2 called directly
 the way their demos do with the same models, interleaved so load from other processes hits both alike. Model
 building (`load_s`) and the first image (`first_image_s`: first-call allocations, lazy imports, cuDNN's kernel
-choice) are timed apart from the steady per-image figures. On CUDA both run under bf16 autocast.
+choice) are timed apart from the steady per-image figures. Both run under the device's autocast
+(`torch_seg.device`: bf16 on Ampere and newer, fp16 on V100/T4, none on the CPU and MPS).
 
 Weights: the real checkpoints where all are present (`weights="auto"`), else random weights, which give the
 real compute (architecture and input size fix the work) but arbitrary boxes: the record says which.
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from torch_seg.device import autocast
+from torch_seg.device import autocast, autocast_choice, synchronize
 from torch_seg.errors import UserError
 from torch_seg.images import list_images, load_image
 
@@ -33,8 +34,7 @@ BOX_THRESHOLD, TEXT_THRESHOLD = 0.35, 0.25  # the demos' defaults, for the direc
 
 
 def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
 
 
 def choose_weights(weights: str, sam2_model: str, gdino_model: str) -> tuple[bool, str]:
@@ -183,7 +183,7 @@ def measure_segmentation(image_dir: str | Path, *, prompt: str, device: torch.de
         "text_encoder": "small BERT (1 layer, random weights)" if small_text_encoder else "bert-base",
         "gdino_resize_shortest": segmenter.seeder.resize_shortest,
         "prompt": prompt, "repeats": repeats, "boxes_per_image": max_detections,
-        "device": str(device), "autocast": "bf16" if device.type == "cuda" else "none (fp32)",
+        "device": str(device), "autocast": autocast_choice(device).name or "none (fp32)",
         **_machine(device),
         "load_average_before_after": [[round(x, 2) for x in load_before], [round(x, 2) for x in os.getloadavg()]],
         "git_commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from torch_seg.checkpoints import DEFAULT_SAM2_MODEL
-from torch_seg.device import resolve_device
+from torch_seg.device import autocast_choice, resolve_device, synchronize
 from torch_seg.images import image_stem, load_image
 from torch_seg.overlay import draw_overlay
 from torch_seg.prompts import parse_prompt
@@ -45,7 +45,7 @@ class Segmentation:
 
 
 class _Stopwatch:
-    """Wall time per stage; synchronises CUDA so asynchronous kernels are charged to the right stage."""
+    """Wall time per stage; synchronises CUDA/MPS so asynchronous kernels are charged to the right stage."""
 
     def __init__(self, device: torch.device):
         self.device, self.ms = device, {}
@@ -58,8 +58,7 @@ class _Stopwatch:
                 self.start = time.perf_counter()
 
             def __exit__(self, *exc):
-                if watch.device.type == "cuda":
-                    torch.cuda.synchronize(watch.device)
+                synchronize(watch.device)
                 watch.ms[stage] = watch.ms.get(stage, 0.0) + (time.perf_counter() - self.start) * 1e3
 
         return _Stage()
@@ -78,6 +77,7 @@ class TextSegmenter:
                  max_detections: int = DEFAULT_MAX_DETECTIONS, device: str = "auto", random_weights: bool = False,
                  seeder_options: dict | None = None):
         self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        self.autocast = autocast_choice(self.device)  # what torch_seg.device.autocast runs both models in, and why
         self.random_weights = random_weights
         self.box_threshold, self.text_threshold = box_threshold, text_threshold
         self.sam2_model_name = sam2_model
@@ -127,7 +127,8 @@ class TextSegmenter:
         return result_record(
             image_path=image, width=width, height=height, prompt=prompt, phrases=result.phrases,
             box_threshold=result.box_threshold, text_threshold=result.text_threshold, models=self.models_record(),
-            random_weights=self.random_weights, device=str(self.device), timings_ms=timings_ms,
+            random_weights=self.random_weights, device=str(self.device), autocast=self.autocast.to_dict(),
+            timings_ms=timings_ms,
             detections=detection_records(d.labels, d.scores, d.boxes_xyxy, result.masks, result.mask_scores,
                                          phrases=d.matched_phrases))
 

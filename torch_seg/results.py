@@ -96,7 +96,8 @@ def detection_records(labels, box_scores, boxes_xyxy, masks, mask_scores, phrase
 
 def result_record(*, image_path: str, width: int, height: int, prompt: str, phrases: list[str],
                   box_threshold: float, text_threshold: float, models: dict, random_weights: bool,
-                  detections: list[dict], timings_ms: dict[str, float], device: str) -> dict:
+                  detections: list[dict], timings_ms: dict[str, float], device: str,
+                  autocast: dict | None = None) -> dict:
     """The result.json schema, defined once."""
     return {
         "schema_version": RESULT_SCHEMA_VERSION,
@@ -111,6 +112,7 @@ def result_record(*, image_path: str, width: int, height: int, prompt: str, phra
         "random_weights": bool(random_weights),
         "note": RANDOM_WEIGHTS_NOTE if random_weights else None,
         "device": device,
+        "autocast": autocast,  # {"dtype": "bfloat16" | "float16" | None (float32), "reason": ...}
         "num_detections": len(detections),
         "detections": detections,
         "timings_ms": {k: round(float(v), 2) for k, v in timings_ms.items()},

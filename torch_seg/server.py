@@ -179,6 +179,7 @@ class SegmentationService:
             "error": self.error,
             "random_weights": self.random_weights,
             "device": None if segmenter is None else str(segmenter.device),
+            "autocast": None if segmenter is None else segmenter.autocast.to_dict(),
             "models": None if segmenter is None else segmenter.models_record(),
             "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 2),
             "defaults": None if segmenter is None else {
@@ -525,7 +526,8 @@ def serve(app: Starlette, sock: socket.socket, *, log_level: str = "info") -> in
         else:
             weights = "RANDOM WEIGHTS (outputs are meaningless; every answer says so)" if svc.random_weights \
                 else "trained weights"
-            print(f"models ready in {svc.load_seconds:.1f} s on {svc.segmenter.device}, {weights}", file=sys.stderr)
+            print(f"models ready in {svc.load_seconds:.1f} s on {svc.segmenter.device} "
+                  f"({svc.segmenter.autocast.describe()}), {weights}", file=sys.stderr)
 
     service.on_loaded = loaded
     server.run(sockets=[sock])

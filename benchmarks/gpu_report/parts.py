@@ -246,7 +246,8 @@ def speed_rows(ctx: Context, figures: dict) -> list[dict]:
     rows = []
     for step_name, run in figures["runs"].items():
         file = f"speed/{run['preset']}_batch{run['batch_size']}.json"
-        precision = "bf16" if "bfloat16" in run["precision"]["jax"] else "float32"
+        precision = "bf16" if "bfloat16" in run["precision"]["jax"] else "fp16" if "float16" in run["precision"]["jax"] \
+            else "float32"
         for name, r in run["results"].items():
             label = LABELS.get(name, name) + (" (XLA attention)" if name == "jax" else "")
             mfu = [f"{100 * r[key]:.0f}% {what}" for key, what in (
@@ -378,7 +379,8 @@ def segment_rows(ctx: Context, figures: dict) -> list[dict]:
     if not figures:
         return []
     weights = " (random weights)" if figures["random_weights"] else ""
-    what = f"GroundingDINO Swin-T + SAM 2.1 tiny, {'bf16' if figures['autocast'] == 'bf16' else 'float32'}{weights}"
+    dtype = {"bf16": "bf16", "bfloat16": "bf16", "float16": "fp16"}.get(figures["autocast"], "float32")
+    what = f"GroundingDINO Swin-T + SAM 2.1 tiny, {dtype}{weights}"
     ms = figures["chain_ms_mean_over_images"]
     file, versions = "segment/segment_bench.json", figures["versions"]
     return [

@@ -19,15 +19,14 @@ from pathlib import Path
 
 import torch
 
-from torch_seg.device import autocast
+from torch_seg.device import autocast, autocast_choice, synchronize
 from torch_seg.errors import UserError
 from torch_seg.video.frames import open_video
 from torch_seg.video.predictor import build_video_predictor
 
 
 def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
 
 
 def machine_record(device: torch.device) -> dict:
@@ -100,7 +99,7 @@ def measure_propagation(video: str | Path, model_name: str = "tiny", *, num_fram
     # Frame 0 holds the prompts (already decoded when the boxes were added), so it is not a tracking step.
     tracked = per_frame_s[1:]
     return {"model": f"sam2.1_hiera_{model_name}", "frames": len(frames), "frame_size": [frames.width, frames.height],
-            "objects": num_objects, "dtype": "bf16 autocast" if device.type == "cuda" else "float32",
+            "objects": num_objects, "dtype": f"{name} autocast" if (name := autocast_choice(device).name) else "float32",
             "vos_optimized": vos_optimized, "warmup_passes": warmup_passes, "build_s": round(build_s, 3),
             "init_state_s": round(init_s, 3), "warmup_s": round(warmup_s, 3), "tracked_frames": len(tracked),
             "frames_per_s": round(len(tracked) / sum(tracked), 4),

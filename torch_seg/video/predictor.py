@@ -32,11 +32,15 @@ def build_video_predictor(model_name: str = DEFAULT_SAM2_MODEL, checkpoint=None,
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
             predictor = build_sam2_video_predictor(config, ckpt_path=None, device=device, vos_optimized=vos_optimized)
-        return _with_float_memory_outside_autocast(predictor)
+        return _with_memory_dtypes_that_mix(predictor)
     path = resolve_sam2_checkpoint(model_name, checkpoint)
     with sam2_checkpoint_errors(path, model_name):
         predictor = build_sam2_video_predictor(config, ckpt_path=str(path), device=device, vos_optimized=vos_optimized)
-    return _with_float_memory_outside_autocast(predictor)
+    return _with_memory_dtypes_that_mix(predictor)
+
+
+def _with_memory_dtypes_that_mix(predictor):
+    return _with_float32_memory_under_float16_autocast(_with_float_memory_outside_autocast(predictor))
 
 
 def _with_float_memory_outside_autocast(predictor):
@@ -56,4 +60,38 @@ def _with_float_memory_outside_autocast(predictor):
         return args, kwargs
 
     predictor.memory_attention.register_forward_pre_hook(cast_memory, with_kwargs=True)
+    return predictor
+
+
+def _with_float32_memory_under_float16_autocast(predictor):
+    """Under float16 autocast (V100, T4: `torch_seg.device`), keep SAM 2's per-frame memory in float32, not bf16.
+
+    The predictor stores each frame's memory features in bf16 and, on the next frame, concatenates them with
+    object pointers computed under autocast. With bf16 autocast those are bf16 too; with float16 autocast
+    `torch.cat` refuses the mix ("Unexpected floating ScalarType in at::autocast::prioritize", seen on the CPU with
+    float16 autocast; autocast's promotion rule is the same on CUDA). float32 holds bf16 values exactly, the cat
+    then promotes to float32 and the attention's matmuls run in float16 again; the stored memory takes twice
+    the bytes. The two methods wrapped here are the only places sam2 1.1 stores it.
+    """
+    device_type = torch.device(predictor.device).type
+
+    def widen(features):
+        if (features is not None and features.dtype == torch.bfloat16 and torch.is_autocast_enabled(device_type)
+                and torch.get_autocast_dtype(device_type) == torch.float16):
+            return features.float()
+        return features
+
+    run_frame, run_encoder = predictor._run_single_frame_inference, predictor._run_memory_encoder
+
+    def run_single_frame_inference(*args, **kwargs):
+        out, pred_masks = run_frame(*args, **kwargs)
+        out["maskmem_features"] = widen(out["maskmem_features"])
+        return out, pred_masks
+
+    def run_memory_encoder(*args, **kwargs):
+        features, pos_enc = run_encoder(*args, **kwargs)
+        return widen(features), pos_enc
+
+    predictor._run_single_frame_inference = run_single_frame_inference
+    predictor._run_memory_encoder = run_memory_encoder
     return predictor

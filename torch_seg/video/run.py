@@ -16,7 +16,7 @@ import torch
 
 from torch_seg.checkpoints import (DEFAULT_GDINO_MODEL, DEFAULT_SAM2_MODEL, resolve_gdino_checkpoint,
                                    resolve_sam2_checkpoint, resolve_text_encoder)
-from torch_seg.device import resolve_device
+from torch_seg.device import autocast_choice, resolve_device
 from torch_seg.errors import UserError
 from torch_seg.video.frames import open_video
 from torch_seg.pipeline import RANDOM_WEIGHTS_BANNER, quiet_library_warnings
@@ -40,7 +40,7 @@ class TrackingJob:
 
     The cheap checks run once, here; the seeder and SAM 2's video predictor are built on the first clip that
     needs them and kept for the next ones. `seeder_instance` replaces the built seeder (tests inject detections
-    at the seeder interface this way). `device` is a name (auto, cpu, cuda) or a torch.device.
+    at the seeder interface this way). `device` is a name (auto, cpu, cuda, mps) or a torch.device.
     """
 
     def __init__(self, prompt: str, *, prompt_frame: int = 0, redetect_every: int | None = None,
@@ -57,6 +57,7 @@ class TrackingJob:
             raise UserError(f"--match-iou {match_iou} must be in (0, 1]")
         check_thresholds(box_threshold=box_threshold, text_threshold=text_threshold)
         self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        precision = autocast_choice(self.device)  # what torch_seg.device.autocast runs both models in, and why
         if vos_optimized and self.device.type != "cuda":
             raise UserError("--vos-optimized compiles SAM 2 for CUDA: use it with --device cuda (or drop it)")
         self.options = TrackingOptions(prompt_frame=prompt_frame, redetect_every=redetect_every,
@@ -72,6 +73,7 @@ class TrackingJob:
         if seeder == "clipseg" and seeder_instance is None and not random_weights:
             check_clipseg_folder(clipseg_model)
         quiet_library_warnings()
+        _say(f"on {self.device}: {precision.describe()}")
         if random_weights:
             _say("warning: --random-weights: the models have RANDOM weights; boxes, labels and masks are "
                  "meaningless (plumbing only), and tracks.json says so")
@@ -87,7 +89,7 @@ class TrackingJob:
                             "max_objects": max_objects, "match_iou": match_iou, "box_threshold": box_threshold,
                             "text_threshold": text_threshold, "offload_video_to_cpu": offload_video_to_cpu,
                             "offload_state_to_cpu": offload_state_to_cpu,
-                            "autocast": "bf16" if self.device.type == "cuda" else None}
+                            "autocast": precision.to_dict()}
 
     def seeder(self) -> Seeder:
         if self._seeder is None:
