@@ -79,7 +79,8 @@ def _refused(main, argv, capsys) -> str:
     ("mixup_alpha", "-0.8", "mixup_alpha=-0.8 is out of range: use a value >= 0"),
     ("cutmix_alpha", "-1", "use a value >= 0"),
     ("seed", "-3", "seed=-3 is out of range: use an integer in [0, 4294967296)"),
-    ("compute_dtype", "float64", "compute_dtype='float64' is out of range: use one of auto, float32, bfloat16, float16"),
+    ("compute_dtype", "float64", "compute_dtype='float64' is out of range: use one of auto, float32, bfloat16, "
+                                 "float16"),
     ("compute_dtype", "int8", "use one of auto, float32, bfloat16, float16"),
     ("attention", "flash", "attention='flash' is out of range: use one of xla, cudnn"),
     ("dataset", "mnist", "dataset='mnist' is out of range: use one of cifar10, fashion_mnist"),

@@ -347,3 +347,32 @@ def test_heat_map_regions_become_boxes_points_and_peak_scores():
     np.testing.assert_array_equal(point_a, [40.5, 15.5])
     np.testing.assert_array_equal(box_b, [120, 50, 180, 90])
     assert heatmap_to_regions(heat, threshold=0.99) == []
+
+
+def test_sam2_video_memory_is_kept_in_float32_under_float16_autocast():
+    from torch_seg.video.predictor import _with_float32_memory_under_float16_autocast
+
+    memory = torch.ones(1, 4, dtype=torch.bfloat16)  # what sam2's video predictor stores per frame
+    with torch.autocast("cpu", dtype=torch.float16):
+        pointer = torch.nn.Linear(4, 4)(torch.ones(1, 4))  # an object pointer computed under autocast
+        with pytest.raises(RuntimeError, match="prioritize"):  # the mix sam2 would concatenate on a T4
+            torch.cat([memory, pointer])
+
+    class Stored:  # sam2's two methods that store memory, as the predictor returns it
+        device = torch.device("cpu")
+
+        def _run_single_frame_inference(self, **kwargs):
+            return {"maskmem_features": memory, "pred_masks": None}, None
+
+        def _run_memory_encoder(self, **kwargs):
+            return memory, None
+
+    predictor = _with_float32_memory_under_float16_autocast(Stored())
+    with torch.autocast("cpu", dtype=torch.float16):
+        out, _ = predictor._run_single_frame_inference()
+        features, _ = predictor._run_memory_encoder()
+        assert out["maskmem_features"].dtype == features.dtype == torch.float32
+        assert torch.cat([features, pointer]).dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 autocast (Ampere+) mixes bf16 as it is
+        assert predictor._run_memory_encoder()[0].dtype == torch.bfloat16
+    assert predictor._run_memory_encoder()[0].dtype == torch.bfloat16  # no autocast: the other hook's case

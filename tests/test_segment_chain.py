@@ -169,6 +169,18 @@ def test_cli_cuda_without_a_gpu_is_a_user_error(capsys, seg_dir, tmp_path):
     assert code == 2 and "no CUDA GPU" in stderr and not (tmp_path / "out").exists()
 
 
+def test_cli_mps_without_it_is_one_line_naming_the_fix(capsys, seg_dir, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)  # as on every machine but a Mac
+    code, _, stderr = run_cli(capsys, "--image", seg_dir / "truck.jpg", "--prompt", "truck", "--out",
+                              tmp_path / "out", "--device", "mps", "--random-weights")
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "--device mps" in errors[0]
+    assert errors[0].endswith("use --device cpu or auto")
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_checkpoint_is_never_a_silent_random_fallback(tmp_path):
     with pytest.raises(UserError, match="download_checkpoints"):
         TextSegmenter(sam2_checkpoint=tmp_path / "absent.pt", device="cpu")

@@ -246,8 +246,8 @@ def speed_rows(ctx: Context, figures: dict) -> list[dict]:
     rows = []
     for step_name, run in figures["runs"].items():
         file = f"speed/{run['preset']}_batch{run['batch_size']}.json"
-        precision = "bf16" if "bfloat16" in run["precision"]["jax"] else "fp16" if "float16" in run["precision"]["jax"] \
-            else "float32"
+        jax_precision = run["precision"]["jax"]
+        precision = "bf16" if "bfloat16" in jax_precision else "fp16" if "float16" in jax_precision else "float32"
         for name, r in run["results"].items():
             label = LABELS.get(name, name) + (" (XLA attention)" if name == "jax" else "")
             mfu = [f"{100 * r[key]:.0f}% {what}" for key, what in (

@@ -98,8 +98,9 @@ def measure_propagation(video: str | Path, model_name: str = "tiny", *, num_fram
                 cpu_s = time.process_time() - cpu_begin
     # Frame 0 holds the prompts (already decoded when the boxes were added), so it is not a tracking step.
     tracked = per_frame_s[1:]
+    autocast_dtype = autocast_choice(device).name
     return {"model": f"sam2.1_hiera_{model_name}", "frames": len(frames), "frame_size": [frames.width, frames.height],
-            "objects": num_objects, "dtype": f"{name} autocast" if (name := autocast_choice(device).name) else "float32",
+            "objects": num_objects, "dtype": f"{autocast_dtype} autocast" if autocast_dtype else "float32",
             "vos_optimized": vos_optimized, "warmup_passes": warmup_passes, "build_s": round(build_s, 3),
             "init_state_s": round(init_s, 3), "warmup_s": round(warmup_s, 3), "tracked_frames": len(tracked),
             "frames_per_s": round(len(tracked) / sum(tracked), 4),
