@@ -1,6 +1,7 @@
 """Per-stage time per image of the chain (TextSegmenter) against calling groundingdino-py and sam2 directly,
 the way their own demos do, with the same models (Swin-T OGC + SAM 2.1 tiny; random weights give the real
-compute). On CUDA both run under bf16 autocast, and images/s over the folder is measured too.
+compute). On CUDA both run under the GPU's autocast (bf16 from Ampere on, fp16 on V100/T4), and images/s over the
+folder is measured too.
 
   python scripts/bench_segment.py --image-dir ../shared/data/seg --device cpu --repeats 2
 Writes results/<cpu|cuda>/segment_bench.json. The logic is torch_seg.bench.measure_segmentation.
