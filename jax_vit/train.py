@@ -231,14 +231,14 @@ def train_and_evaluate(
     their devices. The returned summary is the same in every process.
     """
     started = time.time()
+    try:  # first: anything below starts JAX's backends, and a missing one would fail in a paragraph
+        check_requested_platform()
+    except PlatformError as error:
+        raise TrainingError(str(error)) from None
     primary = distributed.is_primary()
     log = tqdm.write if primary else (lambda message: None)
     workdir = Path(workdir).resolve()
     config = configure_for_dataset(config, dataset)
-    try:
-        check_requested_platform()
-    except PlatformError as error:
-        raise TrainingError(str(error)) from None
     mesh = make_mesh(devices)
     num_devices = mesh.devices.size
     if config.batch_size % num_devices:
