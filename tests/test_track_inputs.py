@@ -174,3 +174,14 @@ def test_a_missing_groundingdino_checkpoint_is_reported_before_frames_are_decode
                        "--sam2-checkpoint", str(sam2), "--gdino-checkpoint", str(tmp_path / "nope.pth")])
     err = capsys.readouterr().err
     assert code == 2 and "GroundingDINO swin_t checkpoint not found" in err and "reading frames" not in err
+
+
+def test_the_summary_of_a_propagation_too_fast_to_time_says_so_instead_of_failing():
+    from torch_seg.video.run import summary
+
+    record = {"num_objects": 1, "num_frames": 1, "device": "cpu", "random_weights": False, "prompt": "child",
+              "propagation_frames_per_s": None,
+              "objects": [{"id": 1, "label": "child", "first_frame": 0, "num_frames": 1}]}
+    text = summary(record, "out")
+    assert "1 object(s) tracked over 1 frames (propagation not timed on cpu) -> out" in text
+    assert "2.50 frames/s" in summary({**record, "propagation_frames_per_s": 2.5}, "out")

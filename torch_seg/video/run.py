@@ -158,9 +158,10 @@ def summary(record: dict, out: str | Path) -> str:
         for obj in record["objects"]:
             lines.append(f"  #{obj['id']} {obj['label']}: first prompted on frame {obj['first_frame']}, "
                          f"mask on {obj['num_frames']} of {record['num_frames']} frames")
-        fps = record["propagation_frames_per_s"]
+        fps = record["propagation_frames_per_s"]  # None when the propagation took no measurable time
+        speed = f"{fps:.2f} frames/s propagation" if fps is not None else "propagation not timed"
         lines.append(f"{record['num_objects']} object(s) tracked over {record['num_frames']} frames "
-                     f"({fps:.2f} frames/s propagation on {record['device']}) -> {out}")
+                     f"({speed} on {record['device']}) -> {out}")
     if record["random_weights"]:
         lines.append("RANDOM WEIGHTS: results are meaningless (plumbing only)")
     return "\n".join(lines)
