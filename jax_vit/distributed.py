@@ -94,6 +94,26 @@ def _wait_for_coordinator(address: str, timeout_s: float) -> None:
             time.sleep(0.2)
 
 
+def add_arguments(parser) -> None:
+    """`--distributed` and `--peer-timeout`, the same in every training command line."""
+    from jax_vit.configs import POSITIVE_INT
+
+    parser.add_argument("--distributed", action="store_true",
+                        help="one of several processes (hosts) training together: JAX_COORDINATOR_ADDRESS, "
+                             "JAX_NUM_PROCESSES, JAX_PROCESS_ID from the environment, found by JAX on TPU pods and "
+                             "SLURM (docs/distributed.md)")
+    parser.add_argument("--peer-timeout", type=POSITIVE_INT.parse, metavar="SECONDS",
+                        help=f"with --distributed: how long to wait for every process to join, and after which a "
+                             f"silent process counts as dead and the others stop (default {DEFAULT_TIMEOUT_S})")
+
+
+def check_arguments(parser, args):
+    """`args`, after refusing a --peer-timeout given without --distributed (it would silently do nothing)."""
+    if args.peer_timeout is not None and not args.distributed:
+        parser.error("--peer-timeout applies only with --distributed")
+    return args
+
+
 def initialize(timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
     """Joins this process to the run (`jax.distributed.initialize`); call it before anything else touches JAX.
 

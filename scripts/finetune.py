@@ -22,7 +22,7 @@ if __name__ == "__main__":  # first, so the re-executed process repeats nothing
 def parse_args(argv=None) -> argparse.Namespace:
     from jax_vit.configs import POSITIVE_INT, SEED, Range
     from jax_vit.data import DATASETS
-    from jax_vit.distributed import DEFAULT_TIMEOUT_S
+    from jax_vit.distributed import add_arguments, check_arguments
     from jax_vit.finetune import DEFAULT_PRESET, FINETUNE_PRESETS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -47,17 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--download", action="store_true",
                         help="fetch a missing checkpoint (Hugging Face Hub) and missing dataset files")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
-    parser.add_argument("--distributed", action="store_true",
-                        help="one of several processes (hosts) training together: JAX_COORDINATOR_ADDRESS, "
-                             "JAX_NUM_PROCESSES, JAX_PROCESS_ID from the environment, found by JAX on TPU pods and "
-                             "SLURM (docs/distributed.md)")
-    parser.add_argument("--peer-timeout", type=POSITIVE_INT.parse, metavar="SECONDS",
-                        help=f"with --distributed: how long to wait for every process to join, and after which a "
-                             f"silent process counts as dead and the others stop (default {DEFAULT_TIMEOUT_S})")
-    args = parser.parse_args(argv)
-    if args.peer_timeout is not None and not args.distributed:
-        parser.error("--peer-timeout applies only with --distributed")
-    return args
+    add_arguments(parser)
+    return check_arguments(parser, parser.parse_args(argv))
 
 
 def main(argv=None) -> int:

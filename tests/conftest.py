@@ -36,3 +36,25 @@ def fashion_mnist_dir() -> Path:
 def seg_dir() -> Path:
     """Real photos (truck.jpg, groceries.jpg, cars.jpg) and bedroom/ video frames."""
     return _require(SHARED_DATA / "seg", "real segmentation photos")
+
+
+@pytest.fixture(scope="module")
+def small_cifar_dir(cifar10_sample_dir, tmp_path_factory):
+    """A small real CIFAR-10 subset in the official python format: 5 x 64 training and 128 test images."""
+    import pickle
+
+    from jax_vit.data import load_dataset  # here, not at the top: conftest must not import jax before XLA_FLAGS
+
+    full = load_dataset("cifar10", cifar10_sample_dir)
+    folder = tmp_path_factory.mktemp("small") / "cifar-10-batches-py"
+    folder.mkdir()
+
+    def write(name, images, labels):
+        rows = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rows, b"labels": labels.tolist()}, f)
+
+    for i in range(5):
+        write(f"data_batch_{i + 1}", full.train_images[i * 64:(i + 1) * 64], full.train_labels[i * 64:(i + 1) * 64])
+    write("test_batch", full.test_images[:128], full.test_labels[:128])
+    return folder.parent

@@ -8,7 +8,6 @@ process 0 only: the resumed process 0 skips compiling.
 """
 import json
 import os
-import pickle
 import signal
 import socket
 import subprocess
@@ -22,7 +21,6 @@ import pytest
 
 from jax_vit import checkpoints, distributed
 from jax_vit.configs import get_config
-from jax_vit.data import load_dataset
 from jax_vit.train_step import make_mesh, make_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,24 +32,6 @@ SETTINGS = {"depth": 2, "width": 32, "num_heads": 2, "mlp_dim": 64, "dropout": 0
             "ema_decay": 0.9, "warmup_epochs": 1}
 PEER_TIMEOUT_S = 10
 COMPARED = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "ema_test_loss", "ema_test_acc")
-
-
-@pytest.fixture(scope="module")
-def small_cifar_dir(cifar10_sample_dir, tmp_path_factory):
-    """A small real CIFAR-10 subset in the official python format: 5 x 64 training and 128 test images."""
-    full = load_dataset("cifar10", cifar10_sample_dir)
-    folder = tmp_path_factory.mktemp("small") / "cifar-10-batches-py"
-    folder.mkdir()
-
-    def write(name, images, labels):
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"data": images.transpose(0, 3, 1, 2).reshape(len(images), 3072),
-                         b"labels": labels.tolist()}, f)
-
-    for i in range(5):
-        write(f"data_batch_{i + 1}", full.train_images[i * 64:(i + 1) * 64], full.train_labels[i * 64:(i + 1) * 64])
-    write("test_batch", full.test_images[:128], full.test_labels[:128])
-    return folder.parent
 
 
 @pytest.fixture(scope="module")

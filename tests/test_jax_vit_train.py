@@ -5,7 +5,6 @@ batch here as they would over several GPUs.
 """
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -32,24 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 def two_devices():
     if len(jax.devices()) < 2:
         pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=2 set before jax is imported")
-
-
-@pytest.fixture(scope="module")
-def small_cifar_dir(cifar10_sample_dir, tmp_path_factory):
-    """A small real CIFAR-10 subset in the official python format: 5 x 64 training and 128 test images."""
-    full = load_dataset("cifar10", cifar10_sample_dir)
-    folder = tmp_path_factory.mktemp("small") / "cifar-10-batches-py"
-    folder.mkdir()
-
-    def write(name, images, labels):
-        rows = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"data": rows, b"labels": labels.tolist()}, f)
-
-    for i in range(5):
-        write(f"data_batch_{i + 1}", full.train_images[i * 64:(i + 1) * 64], full.train_labels[i * 64:(i + 1) * 64])
-    write("test_batch", full.test_images[:128], full.test_labels[:128])
-    return folder.parent
 
 
 def _config(**changes):
