@@ -541,8 +541,8 @@ def test_a_tpu_asked_for_without_libtpu_is_one_line_naming_the_install(tmp_path,
 
 # --- learning on real data -------------------------------------------------------------------------------
 
-LEARNING_EPOCHS = 40
-LEARNING_BOUND = 0.38  # measured 0.426 (best 0.432) in 63 s: see README, "Tests"; chance is 0.10
+LEARNING_EPOCHS = 20
+LEARNING_BOUND = 0.34  # measured final 0.398 (best 0.411) on the 2-core AMD EPYC; chance is 0.10 (40 epochs: 0.426)
 
 
 @pytest.mark.slow
