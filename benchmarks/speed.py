@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmarks import flops
-from benchmarks.host import cpu_model
+from benchmarks.host import cpu_kind, cpu_model
 from benchmarks.runners import JaxRunner, TorchRunner, synthetic_batch
 from benchmarks.torch_train import autocast_dtype
 from jax_vit.configs import Config
@@ -247,7 +247,8 @@ def machine_record(device_names: list[str]) -> dict[str, Any]:
     import jax
 
     return {"devices": device_names, "jax_platform": jax.default_backend(), "jax_devices": jax.device_count(),
-            "cpu": cpu_model(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu": cpu_model(), "cpu_kind": cpu_kind(), "cpu_cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
             "environment": {key: os.environ.get(key) for key in ENVIRONMENT_KEYS}}
 
 

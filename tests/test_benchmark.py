@@ -87,3 +87,14 @@ def test_jax_and_torch_on_different_kinds_of_device_are_refused(monkeypatch):
     with pytest.raises(BenchmarkError, match="JAX runs on cpu but PyTorch on gpu"):
         check_comparable(get_config("seed-384x8"), ["jax", "torch"])
     check_comparable(get_config("seed-384x8"), ["jax"])  # JAX alone compares nothing
+
+
+def test_cpu_kind_names_vendor_family_model_and_the_vector_extensions():
+    from benchmarks.host import cpu_kind
+
+    zen3 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
+            "flags\t\t: fpu sse2 avx fma avx2 vaes\n\nprocessor\t: 1\nflags\t\t: avx512f amx_bf16\n")
+    assert cpu_kind(zen3) == {"vendor": "AuthenticAMD", "family": "25", "model": "1", "isa": ["avx2", "fma"]}
+    spr = "vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\nflags\t\t: avx2 avx512f avx512_fp16 amx_tile amx_bf16\n"
+    assert cpu_kind(spr)["isa"] == ["avx2", "avx512f", "avx512_fp16", "amx_bf16", "amx_tile"]
+    assert cpu_kind("") == {"isa": []}
