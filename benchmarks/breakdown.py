@@ -37,7 +37,8 @@ from jax_vit.augment import normalize, smooth_targets  # noqa: E402
 from jax_vit.configs import get_config, parse_overrides  # noqa: E402
 
 
-def _timer(fn, sync, steps: int):
+def step_timer(fn, sync, steps: int):
+    """A function that runs `fn` `steps` times after one synchronised call and returns seconds per call."""
     def run() -> float:
         sync(fn())
         start = time.perf_counter()
@@ -114,9 +115,9 @@ def main(argv=None) -> None:
 
     timers = {}
     for part, fn in jax_parts(jax_runner, images, labels).items():
-        timers[("jax", part)] = _timer(fn, jax.block_until_ready, args.steps)
+        timers[("jax", part)] = step_timer(fn, jax.block_until_ready, args.steps)
     for part, fn in torch_parts(torch_runner).items():
-        timers[("torch", part)] = _timer(fn, lambda out: synchronize(torch_runner.device), args.steps)
+        timers[("torch", part)] = step_timer(fn, lambda out: synchronize(torch_runner.device), args.steps)
     times = {key: [] for key in timers}
     for key, run in timers.items():
         run()  # compile / warm up

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from benchmarks.breakdown import step_timer  # noqa: E402
 from benchmarks.torch_vit import LAYER_NORM_EPS  # noqa: E402
 from jax_vit.configs import get_config, parse_overrides  # noqa: E402
 from jax_vit.model import gelu, keep_mask  # noqa: E402
@@ -107,15 +108,6 @@ def _torch_ops(config, rows: int, rng: np.random.Generator) -> dict:
     return {name: (run, (piece, args)) for name, (piece, *args) in ops.items()}
 
 
-def _median_ms(fn, sync, steps: int) -> float:
-    sync(fn())
-    start = time.perf_counter()
-    for _ in range(steps):
-        out = fn()
-    sync(out)
-    return 1e3 * (time.perf_counter() - start) / steps
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="seed-256x6")
@@ -128,14 +120,16 @@ def main(argv=None) -> None:
     rows = args.batch_size * (config.num_patches + 1)
     jax_ops = _jax_ops(config, rows, np.random.default_rng(0))
     torch_ops = _torch_ops(config, rows, np.random.default_rng(0))
-    runs = {("jax", name): (lambda fn=fn, a=a: fn(*a), jax.block_until_ready) for name, (fn, a) in jax_ops.items()}
-    runs.update({("torch", name): (lambda fn=fn, a=a: fn(*a), lambda out: None) for name, (fn, a) in torch_ops.items()})
+    runs = {("jax", name): step_timer(lambda fn=fn, a=a: fn(*a), jax.block_until_ready, args.steps)
+            for name, (fn, a) in jax_ops.items()}
+    runs.update({("torch", name): step_timer(lambda fn=fn, a=a: fn(*a), lambda out: None, args.steps)
+                 for name, (fn, a) in torch_ops.items()})
     times = {key: [] for key in runs}
-    for key, (fn, sync) in runs.items():
-        _median_ms(fn, sync, 1)  # compile / warm up
+    for run in runs.values():
+        run()  # compile / warm up
     for _ in range(args.repeats):
-        for key, (fn, sync) in runs.items():
-            times[key].append(_median_ms(fn, sync, args.steps))
+        for key, run in runs.items():
+            times[key].append(1e3 * run())
     print(f"{args.config}: {rows} rows (batch {args.batch_size}), forward+backward, float32, "
           f"{torch.get_num_threads()} torch threads, load {os.getloadavg()[0]:.2f}; "
           f"median ms over {args.repeats} x {args.steps}")

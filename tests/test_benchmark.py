@@ -98,3 +98,14 @@ def test_cpu_kind_names_vendor_family_model_and_the_vector_extensions():
     spr = "vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\nflags\t\t: avx2 avx512f avx512_fp16 amx_tile amx_bf16\n"
     assert cpu_kind(spr)["isa"] == ["avx2", "avx512f", "avx512_fp16", "amx_bf16", "amx_tile"]
     assert cpu_kind("") == {"isa": []}
+
+
+@pytest.mark.parametrize("module", ["breakdown", "op_breakdown"])
+def test_profile_tools_print_one_row_per_part_with_both_frameworks(module, capsys):
+    import importlib
+
+    importlib.import_module(f"benchmarks.{module}").main(
+        ["--config", "tiny", "--batch-size", "4", "--steps", "1", "--repeats", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if "jax/torch time" in line]
+    assert len(rows) == (3 if module == "breakdown" else 8)
+    assert all(float(row.split()[-1]) > 0 for row in rows)
