@@ -29,7 +29,7 @@ from jax_vit.augment import normalize
 from jax_vit.configs import Config
 from jax_vit.data import DATASETS
 from jax_vit.train import PROGRESS_EVERY, epoch_order, make_gather
-from jax_vit.train_step import create_train_state, data_parallel_devices, make_mesh, make_recipe, make_train_step, replicate_on_mesh, shard_batch
+from jax_vit.train_step import create_train_state, make_mesh, make_recipe, make_train_step, replicate_on_mesh, shard_batch
 
 SYNC_EVERY = PROGRESS_EVERY  # steps between loss read-backs in an epoch, as the JAX trainer reads them
 SCHEDULE_STEPS_PER_EPOCH = 100  # only shapes the learning-rate schedule, which does not affect speed
@@ -45,10 +45,7 @@ def synthetic_batch(config: Config, batch_size: int, seed: int = 0) -> tuple[np.
 class JaxRunner:
     def __init__(self, config: Config, images: np.ndarray, labels: np.ndarray):
         self.config = config
-        # What scripts/train.py trains on: the whole CPU (one XLA device per core, jax_vit/host_devices.py), as
-        # PyTorch uses all its threads; on a GPU one device, as the PyTorch runners use one.
-        local = jax.local_devices()
-        self.mesh = make_mesh(data_parallel_devices(len(images), local) if local[0].platform == "cpu" else local[:1])
+        self.mesh = make_mesh(jax.local_devices()[:1])  # one device, as the PyTorch runners use one
         if len(images) % self.mesh.devices.size:
             raise ValueError(f"batch size {len(images)} does not split over {self.mesh.devices.size} devices")
         self.batch_size = len(images)
@@ -84,8 +81,8 @@ class JaxRunner:
         jax.block_until_ready(self.last_metrics)
         elapsed = time.perf_counter() - start
         analysis = self.compiled.memory_analysis()
-        if analysis is not None:  # per device: the whole mesh holds one such program on each
-            self.compiled_memory_bytes = self.mesh.devices.size * int(
+        if analysis is not None:
+            self.compiled_memory_bytes = int(
                 analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
                 - analysis.alias_size_in_bytes
             )

@@ -173,7 +173,6 @@ def run_benchmark(
         figures[name]["final_loss"] = runner.last_loss()
         if isinstance(runner, JaxRunner):
             figures[name]["compiled_memory_bytes"] = runner.compiled_memory_bytes
-            figures[name]["mesh_devices"] = int(runner.mesh.devices.size)
     return {
         "attention_check": attention_agreement(config, batch_size) if "jax-cudnn" in runners else None,
         "config": config, "frameworks": names, "batch_size": batch_size, "steps": steps, "repeats": repeats,
@@ -205,8 +204,6 @@ def _summary(config: Config, batch_size: int, fig: dict[str, Any]) -> dict[str, 
     }
     if "compiled_memory_bytes" in fig:
         out["compiled_memory_bytes"] = fig["compiled_memory_bytes"]
-    if "mesh_devices" in fig:  # the JAX step's data-parallel devices (on a CPU: one per core)
-        out["mesh_devices"] = fig["mesh_devices"]
     if fig["epochs"]:
         seconds = [e["seconds"] for e in fig["epochs"]]
         out["epoch"] = {

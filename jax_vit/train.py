@@ -32,8 +32,8 @@ from jax_vit.configs import Config, ConfigError
 from jax_vit.data import Dataset
 from jax_vit.platforms import PlatformError, check_requested_platform, cpu_fallback_note
 from jax_vit.precision import MIN_LOSS_SCALE
-from jax_vit.train_step import (DATA_AXIS, create_train_state, data_parallel_devices, make_eval_step, make_mesh,
-                                make_recipe, make_train_step, replicate_on_mesh, shard_batch, total_steps)
+from jax_vit.train_step import (DATA_AXIS, make_eval_step, make_mesh, make_recipe, make_train_step,
+                                create_train_state, replicate_on_mesh, shard_batch, total_steps)
 
 PROGRESS_EVERY = 10  # steps between progress-bar refreshes (each one waits for the device)
 
@@ -239,7 +239,7 @@ def train_and_evaluate(
     log = tqdm.write if primary else (lambda message: None)
     workdir = Path(workdir).resolve()
     config = configure_for_dataset(config, dataset)
-    mesh = make_mesh(devices if devices is not None else data_parallel_devices(config.batch_size))
+    mesh = make_mesh(devices)
     num_devices = mesh.devices.size
     if config.batch_size % num_devices:
         raise TrainingError(f"--batch-size {config.batch_size} does not split evenly over {num_devices} devices; "

@@ -76,18 +76,6 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
     return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices)
 
 
-def data_parallel_devices(batch_size: int, devices=None) -> list:
-    """The devices a one-process run splits `batch_size` over: all of `devices` (default `jax.devices()`),
-    except that CPU devices (one per core, `jax_vit.host_devices`) are cut to the largest count that divides
-    the batch, since they are a speed-up and not a requirement; accelerators keep the error for a batch that
-    does not split."""
-    devices = list(devices if devices is not None else jax.devices())
-    if jax.process_count() > 1 or any(device.platform != "cpu" for device in devices):
-        return devices
-    count = max(n for n in range(1, len(devices) + 1) if batch_size % n == 0)
-    return devices[:count]
-
-
 def total_steps(config: Config, steps_per_epoch: int) -> int:
     """The optimiser steps of the whole run: `total_steps` where set, else epochs x steps per epoch."""
     return config.total_steps or max(int(config.epochs * steps_per_epoch), 1)

@@ -21,10 +21,8 @@ from pathlib import Path
 
 if __name__ == "__main__":  # first, so the re-executed process repeats nothing
     from jax_vit.allocator import reexec_under_tcmalloc
-    from jax_vit.host_devices import use_cores_as_devices_or_exit
 
     reexec_under_tcmalloc()  # tcmalloc: XLA:CPU's per-step buffers (see jax_vit/allocator.py)
-    use_cores_as_devices_or_exit()  # one XLA:CPU device per core (see jax_vit/host_devices.py)
 
 # JAX would otherwise take 75% of GPU memory at start-up and leave PyTorch, in the same process, short.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")

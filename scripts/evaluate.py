@@ -12,10 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 
 if __name__ == "__main__":  # first, so the re-executed process repeats nothing
     from jax_vit.allocator import reexec_under_tcmalloc
-    from jax_vit.host_devices import use_cores_as_devices_or_exit
 
     reexec_under_tcmalloc()  # tcmalloc: XLA:CPU's per-step buffers (see jax_vit/allocator.py)
-    use_cores_as_devices_or_exit()  # one XLA:CPU device per core (see jax_vit/host_devices.py)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
