@@ -29,6 +29,7 @@ from benchmarks.torch_train import autocast_dtype
 from jax_vit.configs import Config
 from jax_vit.model import compute_dtype
 from jax_vit.reporting import write_atomic
+from jax_vit.train_step import micro_batch_count
 
 # "jax" runs the config's attention (XLA by default), "jax-cudnn" the same step with cuDNN's fused attention.
 FRAMEWORKS = ("jax", "jax-cudnn", "torch", "torch-compile")
@@ -270,6 +271,8 @@ def build_report(run: dict[str, Any], *, preset: str, command: str) -> dict[str,
             "preset": preset, "batch_size": run["batch_size"], "steps_per_repeat": run["steps"],
             "repeats": run["repeats"], "warmup_steps": run["warmup_steps"], "frameworks": run["frameworks"],
             "precision": precision(config, run["torch_device"]),
+            # How many slices of the batch the JAX step runs the model on (config.micro_batches resolved here).
+            "jax_micro_batches": micro_batch_count(config, run["batch_size"]),
             "torch_optimizer": "AdamW(fused=True)", "torch_compile_mode": "default",
             "dataset": run["dataset"], "torch_loader_workers": run["loader_workers"],
             "notes": ("Synthetic steps: one fixed in-memory batch. The JAX step is the production step, so it "

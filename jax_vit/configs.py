@@ -105,6 +105,10 @@ class Config:
     # jax.nn.dot_product_attention's implementation: "xla" (any device) or "cudnn" (cuDNN's fused kernel,
     # NVIDIA GPUs with bfloat16/float16 compute). "xla" stays the default until a GPU measurement says otherwise.
     attention: str = "xla"
+    # The train step runs the model on this many slices of each device's batch, which XLA:CPU overlaps on its
+    # cores (jax_vit/train_step.py, micro_batch_count); 0: automatic, one per core on the CPU (at most 2), 1
+    # on GPUs and TPUs. It changes speed and the dropout masks drawn, nothing else.
+    micro_batches: int = 0
     # Recipe.
     epochs: int = 100
     # A run defined in optimiser steps (fine-tuning): when above 0 the run stops after exactly this many steps
@@ -237,7 +241,8 @@ FIELD_RULES: dict[str, Range | tuple] = {
     "qkv_bias": (True, False),
     "resolution": COUNT,  # 0: no resize
     "input_norm": ("dataset", "inception", "imagenet"),
-    "total_steps": COUNT,  # 0: epochs x steps per epoch
+    "total_steps": COUNT,
+    "micro_batches": COUNT,  # 0: automatic  # 0: epochs x steps per epoch
     "optimizer": ("adamw", "sgd"),
     "learning_rate": POSITIVE,
     "min_learning_rate": Range(0, "learning_rate"),  # a floor above the peak would make the cosine rise

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Callable
 
 import flax
@@ -43,6 +44,9 @@ from jax_vit.model import VisionTransformer
 from jax_vit.precision import DynamicLossScale, Precision, all_finite, device_precision, select_tree
 
 DATA_AXIS = "data"
+# The automatic micro-batch count's ceiling on the CPU: 2 is what was measured (2-core machines); more slices
+# make every matmul smaller, and whether they pay on more cores is not measured yet.
+MAX_AUTO_MICRO_BATCHES = 2
 Metrics = dict[str, jax.Array]
 
 
@@ -240,6 +244,45 @@ def ema_update(ema_params, params, decay: float, step: jax.Array):
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask: a container or `taskset` may allow fewer than
+    the machine has); XLA:CPU sizes its thread pool the same way."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity masks
+        return os.cpu_count() or 1
+
+
+def micro_batch_count(config: Config, batch: int, platform: str | None = None) -> int:
+    """How many independent slices the train step runs the model on (`config.micro_batches`; 0: automatic).
+
+    Automatic is one slice per core on the CPU, at most MAX_AUTO_MICRO_BATCHES, and 1 on GPUs and TPUs. XLA:CPU
+    runs most kernels of a step on one thread (its elementwise fusions, and the attention's batched matmuls,
+    YNNPACK's 1024 problems of 65x32x65 in seed-256x6) and overlaps only kernels that do not depend on each other:
+    two slices give it two such chains. On a 2-core Intel Xeon (Ice Lake) seed-256x6's step went from 0.80x to
+    0.92x eager PyTorch's speed (docs/speed.md, "Micro-batches on the CPU"). Never more slices than samples.
+    """
+    count = config.micro_batches
+    if count == 0:
+        on_cpu = (platform or jax.default_backend()) == "cpu"
+        count = min(available_cores(), MAX_AUTO_MICRO_BATCHES) if on_cpu else 1
+    return max(1, min(count, batch))
+
+
+def forward_in_micro_batches(model, inputs: jax.Array, dropout_key: jax.Array, count: int) -> jax.Array:
+    """The model's training-mode logits for `inputs`, computed on `count` slices of the batch, concatenated.
+
+    Every sample's logits are what one whole-batch call gives, up to float32 rounding (a ViT mixes no samples);
+    only the dropout and DropPath masks differ, since each slice draws from its own key (as each device does
+    under data parallelism). With one slice the key is used as it is, so GPU and TPU runs draw what they did.
+    """
+    if count == 1:
+        return model(inputs, train=True, rngs=nnx.Rngs(dropout=dropout_key))
+    slices = jnp.array_split(inputs, count)
+    return jnp.concatenate([model(x, train=True, rngs=nnx.Rngs(dropout=jax.random.fold_in(dropout_key, i)))
+                            for i, x in enumerate(slices)], axis=0)
+
+
 def train_step_per_device(
     recipe: Recipe, state: TrainState, images: jax.Array, labels: jax.Array, axis_name: str = DATA_AXIS,
 ) -> tuple[TrainState, Metrics]:
@@ -254,10 +297,11 @@ def train_step_per_device(
     augment_key, dropout_key = step_keys(state, axis_name)
     inputs, targets = augment(images, labels, augment_key, config)
     scaling = state.loss_scale
+    micro = micro_batch_count(config, inputs.shape[0])
 
     def loss_fn(params):
         model = nnx.merge(recipe.graphdef, params)
-        logits = model(inputs, train=True, rngs=nnx.Rngs(dropout=dropout_key))
+        logits = forward_in_micro_batches(model, inputs, dropout_key, micro)
         loss = cross_entropy(logits, targets)
         # Scaling the loss scales every gradient of the float16 backward pass, lifting small ones above
         # float16's underflow; the loss itself and the head's logits are float32.

@@ -82,6 +82,7 @@ def _refused(main, argv, capsys) -> str:
     ("compute_dtype", "float64", "compute_dtype='float64' is out of range: use one of auto, float32, bfloat16, "
                                  "float16"),
     ("compute_dtype", "int8", "use one of auto, float32, bfloat16, float16"),
+    ("micro_batches", "-2", "micro_batches=-2 is out of range: use an integer >= 0"),
     ("attention", "flash", "attention='flash' is out of range: use one of xla, cudnn"),
     ("dataset", "mnist", "dataset='mnist' is out of range: use one of cifar10, fashion_mnist"),
 ])

@@ -21,8 +21,9 @@ from jax_vit.data import load_dataset
 from jax_vit.precision import DynamicLossScale
 from jax_vit.train import train_and_evaluate
 from jax_vit.train_step import (DATA_AXIS, init_train_state, make_mesh, make_pmap_train_step, make_recipe,
-                                make_train_step, create_train_state, replicate, replicate_on_mesh, shard_batch,
-                                step_keys, unreplicate)
+                                make_train_step, create_train_state, micro_batch_count, replicate, replicate_on_mesh,
+                                shard_batch, step_keys, unreplicate)
+from jax_vit import train_step as train_step_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,6 +81,52 @@ def test_two_devices_take_the_same_step_as_one_device_under_shard_map_and_pmap()
         for key in ("loss", "accuracy", "grad_norm"):
             assert metrics[key] == pytest.approx(reference_metrics[key], rel=1e-5), (name, key)
     assert not np.allclose(reference_state.params["pos_embed"], init_train_state(recipe).params["pos_embed"])
+
+
+def test_micro_batches_take_the_step_the_whole_batch_takes():
+    # Without randomness, slicing the batch changes only float32 rounding: 1 slice, 2, and 3 uneven slices of 16.
+    config = _config(crop_padding=0, random_flip=False, dropout=0.0, drop_path_rate=0.0, depth=1, width=48,
+                     num_heads=2, mlp_dim=96, batch_size=16, warmup_epochs=0.0)
+    images, labels = _fixed_batch(16)
+    mesh = make_mesh(jax.devices()[:1])
+    results = {}
+    for count in (1, 2, 3):
+        recipe = make_recipe(config.replace(micro_batches=count), steps_per_epoch=10)
+        state, step = create_train_state(recipe, mesh), make_train_step(recipe, mesh)
+        for _ in range(2):
+            state, metrics = step(state, *shard_batch(mesh, images, labels))
+        results[count] = (jax.device_get(state), jax.device_get(metrics))
+    reference_state, reference_metrics = results[1]
+    for count, (state, metrics) in results.items():
+        assert _max_difference(state.params, reference_state.params) < 1e-5, count
+        for key in ("loss", "accuracy", "grad_norm"):
+            assert metrics[key] == pytest.approx(reference_metrics[key], rel=1e-5), (count, key)
+    initial = init_train_state(make_recipe(config.replace(micro_batches=1), steps_per_epoch=10))
+    assert _max_difference(reference_state.params, initial.params) > 1e-3  # it did train
+
+
+def test_each_micro_batch_draws_its_own_dropout_and_the_step_stays_reproducible():
+    images, labels = _fixed_batch(16)
+    mesh = make_mesh(jax.devices()[:1])
+    norms = {}
+    for count in (1, 2):
+        recipe = make_recipe(_config(batch_size=16, micro_batches=count), steps_per_epoch=10)
+        step = make_train_step(recipe, mesh)
+        # The gradient norm, not the loss: the zero-initialised head makes every first loss ln 10.
+        norms[count] = [float(step(create_train_state(recipe, mesh), *shard_batch(mesh, images, labels))[1]
+                              ["grad_norm"]) for _ in range(2)]
+    assert norms[1][0] == norms[1][1] and norms[2][0] == norms[2][1]  # each follows from the seed
+    assert norms[1][0] != norms[2][0]  # the slices' masks are not the whole batch's
+
+
+def test_automatic_micro_batches_are_one_per_core_on_the_cpu_at_most_two_and_one_elsewhere(monkeypatch):
+    auto, fixed = _config(micro_batches=0), _config(micro_batches=3)
+    for cores, expected in ((1, 1), (2, 2), (16, 2)):
+        monkeypatch.setattr(train_step_module, "available_cores", lambda cores=cores: cores)
+        assert micro_batch_count(auto, 128, "cpu") == expected
+        assert micro_batch_count(auto, 128, "gpu") == micro_batch_count(auto, 128, "tpu") == 1
+    assert micro_batch_count(fixed, 128, "gpu") == 3  # an explicit count holds everywhere
+    assert micro_batch_count(fixed, 2, "cpu") == 2  # but never more slices than samples
 
 
 def _deterministic(dtype):
