@@ -241,8 +241,8 @@ FIELD_RULES: dict[str, Range | tuple] = {
     "qkv_bias": (True, False),
     "resolution": COUNT,  # 0: no resize
     "input_norm": ("dataset", "inception", "imagenet"),
-    "total_steps": COUNT,
-    "micro_batches": COUNT,  # 0: automatic  # 0: epochs x steps per epoch
+    "total_steps": COUNT,  # 0: epochs x steps per epoch
+    "micro_batches": COUNT,  # 0: automatic
     "optimizer": ("adamw", "sgd"),
     "learning_rate": POSITIVE,
     "min_learning_rate": Range(0, "learning_rate"),  # a floor above the peak would make the cosine rise
