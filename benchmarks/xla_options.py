@@ -10,9 +10,10 @@ machine's own speed drifts by 15-30 % within minutes, more than most options mov
 is lowered once and compiled once per variant (`Lowered.compile(compiler_options=...)`, the per-program form
 of `XLA_FLAGS`), and every round runs each variant's steps back to back on the same state, in alternating
 order, so drift falls on all variants alike; the figure to read is the median of the per-round ratios to
-the baseline (the default options). A variant whose optimised HLO is identical to the baseline's is flagged
-(`same_hlo`): unless the option acts only in LLVM's code generation (`xla_cpu_prefer_vector_width`,
-`xla_cpu_max_isa`), its differences are noise by construction, which calibrates the rest.
+the baseline (the default options). A variant whose optimised HLO is identical to an earlier one's (the
+default's or another variant's) names it (`same_hlo_as`): unless the option acts only in LLVM's code
+generation or at run time (`xla_cpu_prefer_vector_width`, `xla_cpu_max_isa`, `xla_cpu_multi_thread_eigen`),
+the two run the same program, so the gap between their ratios is the noise floor of the run.
 
 A variant is `NAME:OPTION=VALUE[;OPTION=VALUE...]`, options as `XLA_FLAGS=--help` lists them (without the
 leading dashes); enum-list values are given in full (`LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE`),
@@ -146,9 +147,11 @@ def run_comparison(config, batch_size: int, variants: dict[str, dict], rounds: i
     load_before = machine_load()
     times = interleave(runner, {name: c["executable"] for name, c in compiled.items()}, rounds, steps, progress)
     summary = summarize(times)
-    baseline_hash = compiled[BASELINE]["hlo_sha1"]
+    first_with_hash = {}
+    for name, c in compiled.items():
+        first_with_hash.setdefault(c["hlo_sha1"], name)
     results = {name: {"options": c["options"], "compile_s": c["compile_s"], "hlo_sha1": c["hlo_sha1"],
-                      "same_hlo": name != BASELINE and c["hlo_sha1"] == baseline_hash,
+                      "same_hlo_as": None if first_with_hash[c["hlo_sha1"]] == name else first_with_hash[c["hlo_sha1"]],
                       "library_fusions": c["library_fusions"], **summary[name]}
                for name, c in compiled.items()}
     return {"results": results, "load": {"before": load_before, "after": machine_load()},
@@ -163,7 +166,7 @@ def format_table(report: dict) -> str:
     for name, r in report["results"].items():
         q1, q3 = r["ratio_to_default_quartiles"]
         fusions = ", ".join(f"{k} {v}" for k, v in r["library_fusions"].items() if v) or "none"
-        same = "  (same HLO as default)" if r["same_hlo"] else ""
+        same = f"  (same HLO as {r['same_hlo_as']})" if r["same_hlo_as"] else ""
         lines.append(f"{name:24s} {r['step_ms_median']:11.0f} {r['step_ms_min']:7.0f} "
                      f"{r['ratio_to_default_median']:7.3f} ({q1:.3f}-{q3:.3f})  {fusions}{same}")
     return "\n".join(lines)

@@ -75,10 +75,12 @@ def test_xla_options_ab_writes_a_record_that_tells_same_from_different_programs(
         assert len(r["step_ms"]) == 2 and all(ms > 0 for ms in r["step_ms"])
         assert r["ratio_to_default_median"] > 0
     # fast-math off is XLA's default, so that program is the default's; turning YNNPACK off removes its fusions
-    assert results["same"]["same_hlo"] and results["same"]["options"] == {"xla_cpu_enable_fast_math": False}
+    assert results["same"]["same_hlo_as"] == "default"
+    assert results["same"]["options"] == {"xla_cpu_enable_fast_math": False}
+    assert results["default"]["same_hlo_as"] is None
     assert results["no-ynn"]["library_fusions"]["ynnpack"] == 0
     if results["default"]["library_fusions"]["ynnpack"]:  # jaxlib builds without YNNPACK have nothing to remove
-        assert not results["no-ynn"]["same_hlo"]
+        assert results["no-ynn"]["same_hlo_as"] is None
     assert "same HLO as default" in capsys.readouterr().out
 
 
