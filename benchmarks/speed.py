@@ -329,4 +329,5 @@ def write_json_atomic(report: dict[str, Any], path: Path) -> None:
 
 
 def command_line() -> str:
-    return " ".join([Path(sys.executable).name] + sys.argv)
+    """The command as typed: `sys.orig_argv` keeps `-m module` (sys.argv would hold the module's file path)."""
+    return " ".join([Path(sys.executable).name] + getattr(sys, "orig_argv", [None] + sys.argv)[1:])

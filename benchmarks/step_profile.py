@@ -16,7 +16,6 @@ pieces alone, against PyTorch.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import datetime
 import gzip
@@ -37,7 +36,7 @@ import jax  # noqa: E402
 
 from benchmarks.runners import JaxRunner, synthetic_batch  # noqa: E402
 from benchmarks.speed import BenchmarkError, command_line, machine_record, versions, write_json_atomic  # noqa: E402
-from benchmarks.xla_options import LIBRARY_FUSIONS  # noqa: E402
+from benchmarks.xla_options import LIBRARY_FUSIONS, step_arguments  # noqa: E402
 from jax_vit.configs import get_config, parse_overrides  # noqa: E402
 from jax_vit.train_step import micro_batch_count  # noqa: E402
 
@@ -133,13 +132,9 @@ def format_table(profile: dict, top: int) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="seed-256x6")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, as in train.py")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser = step_arguments(__doc__)
     parser.add_argument("--steps", type=int, default=2, help="steps traced")
     parser.add_argument("--top", type=int, default=30, help="rows printed (all go to --out)")
-    parser.add_argument("--out", help="JSON record (written atomically)")
     args = parser.parse_args(argv)
     try:
         if args.steps < 1 or args.batch_size < 1:

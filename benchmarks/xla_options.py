@@ -172,15 +172,21 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def step_arguments(doc: str) -> argparse.ArgumentParser:
+    """The options both step tools share: which step (preset, overrides, batch) and where the record goes."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--config", default="seed-256x6")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, as in train.py")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--out", help="JSON record (written atomically)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = step_arguments(__doc__)
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:OPTION=VALUE[;...]")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2, help="steps per variant per round")
-    parser.add_argument("--out", help="JSON record (written atomically)")
     args = parser.parse_args(argv)
     try:
         if args.rounds < 1 or args.steps < 1 or args.batch_size < 1:
