@@ -17,7 +17,11 @@ the two run the same program, so the gap between their ratios is the noise floor
 
 A variant is `NAME:OPTION=VALUE[;OPTION=VALUE...]`, options as `XLA_FLAGS=--help` lists them (without the
 leading dashes); enum-list values are given in full (`LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE`),
-since the flag parser's +/- shorthand does not apply here.
+since the flag parser's +/- shorthand does not apply here. A key that does not start with `xla_` is a config
+override instead, as `--set` takes it (`"one-slice:micro_batches=1"`): that variant's step is built from the
+changed config and run on the same train state, so the override must leave the state's structure alone
+(micro-batches, GELU form, attention, dropout rates: yes; width, EMA, optimizer: compare those with separate
+`scripts/benchmark.py` runs).
 """
 from __future__ import annotations
 
@@ -37,14 +41,15 @@ if __name__ == "__main__":  # the same allocator as scripts/benchmark.py (see ja
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.runners import JaxRunner, synthetic_batch  # noqa: E402
+from benchmarks.runners import SCHEDULE_STEPS_PER_EPOCH, JaxRunner, synthetic_batch  # noqa: E402
 from benchmarks.speed import BenchmarkError, command_line, machine_load, machine_record, versions, write_json_atomic  # noqa: E402
 from jax_vit.configs import get_config, parse_overrides  # noqa: E402
 from jax_vit.model import compute_dtype  # noqa: E402
-from jax_vit.train_step import micro_batch_count  # noqa: E402
+from jax_vit.train_step import init_train_state, make_recipe, make_train_step, micro_batch_count  # noqa: E402
 
 SCHEMA = "vit-xla-options/1"
 BASELINE = "default"
+XLA_PREFIX = "xla_"  # variant keys with it are XLA compiler options, the others config overrides
 # Kernel libraries XLA:CPU hands fusions to, as their fusion kinds appear in the optimised HLO.
 LIBRARY_FUSIONS = {"ynnpack": "__ynn_fusion", "xnnpack": "__xnn_fusion", "onednn": "__onednn_fusion"}
 
@@ -57,7 +62,8 @@ def _typed(value: str) -> str | bool | int:
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str | bool | int]]:
-    """'NAME:OPTION=VALUE;OPTION=VALUE' -> (NAME, {OPTION: VALUE}); a value may be empty."""
+    """'NAME:OPTION=VALUE;OPTION=VALUE' -> (NAME, {OPTION: VALUE}); a value may be empty. XLA options are
+    typed here; config overrides stay strings, for `get_config` to parse."""
     name, sep, spec = text.partition(":")
     name = name.strip()
     if not sep or not name or name == BASELINE:
@@ -69,7 +75,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, str | bool | int]]:
         key = key.strip().removeprefix("--")
         if not eq or not key:
             raise BenchmarkError(f"--variant {text!r}: {item!r} is not OPTION=VALUE")
-        options[key] = _typed(value.strip())
+        options[key] = _typed(value.strip()) if key.startswith(XLA_PREFIX) else value.strip()
     if not options:
         raise BenchmarkError(f"--variant {text!r}: name at least one OPTION=VALUE after the colon")
     return name, options
@@ -80,11 +86,49 @@ def library_fusions(hlo_text: str) -> dict[str, int]:
     return {library: hlo_text.count(f'"kind":"{kind}"') for library, kind in LIBRARY_FUSIONS.items()}
 
 
+def split_variant(spec: dict) -> tuple[dict, dict]:
+    """A parsed variant -> (XLA compiler options, config overrides)."""
+    options = {k: v for k, v in spec.items() if k.startswith(XLA_PREFIX)}
+    return options, {k: v for k, v in spec.items() if k not in options}
+
+
+def variant_config(config, overrides: dict):
+    """`config` with a variant's overrides, parsed and checked as `--set` values are."""
+    return get_config("base", overrides, presets={"base": config}) if overrides else config
+
+
+def lower_variant(runner: JaxRunner, name: str, config):
+    """The production step of `config`, lowered for the runner's state and batch."""
+    if config == runner.config:
+        return runner.train_step.lower(runner.state, runner.images, runner.labels)
+    recipe = make_recipe(config, SCHEDULE_STEPS_PER_EPOCH)
+    # The step takes its weights' shapes from the state it is given, so a wider model would silently run as
+    # the narrow one: compare the state this config would create with the one at hand.
+    expected = jax.eval_shape(lambda: init_train_state(recipe))
+    if _abstract(expected) != _abstract(runner.state):
+        raise BenchmarkError(f"variant {name!r}: its config overrides change the train state (the model's "
+                             f"weights or the optimizer's); compare such configs in separate "
+                             f"scripts/benchmark.py runs")
+    return make_train_step(recipe, runner.mesh).lower(runner.state, runner.images, runner.labels)
+
+
+def _abstract(tree):
+    leaves, structure = jax.tree.flatten(tree)
+    return structure, [(leaf.shape, leaf.dtype) for leaf in leaves]
+
+
 def compile_variants(runner: JaxRunner, variants: dict[str, dict]) -> dict[str, dict]:
-    """Each variant's compiled step, with its compile time, optimised-HLO hash and library fusion counts."""
-    lowered = runner.train_step.lower(runner.state, runner.images, runner.labels)
+    """Each variant's compiled step, with its compile time, optimised-HLO hash, library fusion counts and
+    micro-batch count."""
+    lowered_by_config = {}
     compiled = {}
-    for name, options in {BASELINE: {}, **variants}.items():
+    for name, spec in {BASELINE: {}, **variants}.items():
+        options, overrides = split_variant(spec)
+        config = variant_config(runner.config, overrides)
+        key = tuple(sorted(overrides.items()))
+        if key not in lowered_by_config:
+            lowered_by_config[key] = lower_variant(runner, name, config)
+        lowered = lowered_by_config[key]
         start = time.perf_counter()
         try:
             executable = lowered.compile(compiler_options=options) if options else lowered.compile()
@@ -93,7 +137,8 @@ def compile_variants(runner: JaxRunner, variants: dict[str, dict]) -> dict[str, 
             raise BenchmarkError(f"variant {name!r}: {message} (this jaxlib is {jax.__version__}; "
                                  f"XLA_FLAGS=--help lists the options it knows)") from None
         text = executable.as_text()
-        compiled[name] = {"executable": executable, "options": options,
+        compiled[name] = {"executable": executable, "options": options, "overrides": overrides,
+                          "micro_batches": micro_batch_count(config, runner.batch_size),
                           "compile_s": round(time.perf_counter() - start, 2),
                           "hlo_sha1": hashlib.sha1(text.encode()).hexdigest()[:12],
                           "library_fusions": library_fusions(text)}
@@ -150,7 +195,8 @@ def run_comparison(config, batch_size: int, variants: dict[str, dict], rounds: i
     first_with_hash = {}
     for name, c in compiled.items():
         first_with_hash.setdefault(c["hlo_sha1"], name)
-    results = {name: {"options": c["options"], "compile_s": c["compile_s"], "hlo_sha1": c["hlo_sha1"],
+    results = {name: {"options": c["options"], "overrides": c["overrides"], "micro_batches": c["micro_batches"],
+                      "compile_s": c["compile_s"], "hlo_sha1": c["hlo_sha1"],
                       "same_hlo_as": None if first_with_hash[c["hlo_sha1"]] == name else first_with_hash[c["hlo_sha1"]],
                       "library_fusions": c["library_fusions"], **summary[name]}
                for name, c in compiled.items()}
@@ -167,6 +213,8 @@ def format_table(report: dict) -> str:
         q1, q3 = r["ratio_to_default_quartiles"]
         fusions = ", ".join(f"{k} {v}" for k, v in r["library_fusions"].items() if v) or "none"
         same = f"  (same HLO as {r['same_hlo_as']})" if r["same_hlo_as"] else ""
+        if r["micro_batches"] != report["settings"]["jax_micro_batches"]:
+            same += f"  ({r['micro_batches']} micro-batches)"
         lines.append(f"{name:24s} {r['step_ms_median']:11.0f} {r['step_ms_min']:7.0f} "
                      f"{r['ratio_to_default_median']:7.3f} ({q1:.3f}-{q3:.3f})  {fusions}{same}")
     return "\n".join(lines)

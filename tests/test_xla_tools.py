@@ -84,6 +84,42 @@ def test_xla_options_ab_writes_a_record_that_tells_same_from_different_programs(
     assert "same HLO as default" in capsys.readouterr().out
 
 
+def test_a_variant_key_without_the_xla_prefix_is_a_config_override():
+    name, spec = xla_options.parse_variant("one-slice:micro_batches=1;xla_cpu_enable_fast_math=false")
+    assert xla_options.split_variant(spec) == ({"xla_cpu_enable_fast_math": False}, {"micro_batches": "1"})
+
+
+def test_config_variants_run_their_own_step_on_the_same_state(tmp_path, capsys):
+    out = tmp_path / "configs.json"
+    code = xla_options.main(SMALL_MODEL + ["--set", "micro_batches=2", "--rounds", "2", "--steps", "1",
+                                           "--variant", "one-slice:micro_batches=1",
+                                           "--variant", "one-slice-again:micro_batches=1",
+                                           "--variant", "tanh-gelu:gelu_approximation=tanh", "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    results = report["results"]
+    assert report["settings"]["jax_micro_batches"] == 2
+    assert [results[n]["micro_batches"] for n in results] == [2, 1, 1, 2]
+    assert results["one-slice"]["overrides"] == {"micro_batches": "1"} and results["one-slice"]["options"] == {}
+    # a different model function is a different program; the same override twice is the same one
+    assert results["one-slice"]["same_hlo_as"] is None and results["tanh-gelu"]["same_hlo_as"] is None
+    assert results["one-slice-again"]["same_hlo_as"] == "one-slice"
+    assert all(len(r["step_ms"]) == 2 for r in results.values())
+    assert "(1 micro-batches)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("variant, message", [("wider:width=64", "change the train state"),
+                                              ("typo:no_such_key=1", "unknown config key"),
+                                              ("range:micro_batches=-1", "out of range")])
+def test_config_variants_that_cannot_share_the_state_or_do_not_parse_are_one_line_and_exit_2(
+        tmp_path, capsys, variant, message):
+    out = tmp_path / "never.json"
+    code = xla_options.main(SMALL_MODEL + ["--rounds", "1", "--variant", variant, "--out", str(out)])
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
 def test_an_option_this_jaxlib_does_not_know_is_one_line_and_exit_2(tmp_path, capsys):
     out = tmp_path / "never.json"
     code = xla_options.main(SMALL_MODEL + ["--rounds", "1", "--variant", "typo:xla_cpu_no_such_option=1",
