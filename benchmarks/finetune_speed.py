@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from benchmarks import flops
-from benchmarks.runners import SCHEDULE_STEPS_PER_EPOCH, JaxRunner, synthetic_batch
+from benchmarks.runners import SCHEDULE_STEPS_PER_EPOCH, JaxRunner, TorchTimedRunner, synthetic_batch
 from benchmarks.speed import (_ratios, _summary, check_comparable, machine_load, machine_record,
                               precision, versions)
 from benchmarks.torch_train import Schedule, apply_gradients, autocast, make_grad_scaler, synchronize
@@ -76,7 +76,7 @@ def finetune_setup(architecture: str, *, preset: str, overrides: dict[str, Any] 
     return config, model, init_params(pretrained, config)
 
 
-class TimmRunner:
+class TimmRunner(TorchTimedRunner):
     """timm's ViT trained as a PyTorch user fine-tunes it: SGD with momentum, gradient clipping, cross-entropy."""
 
     attention = "sdpa"  # timm's Attention calls F.scaled_dot_product_attention (fused_attn)
@@ -98,12 +98,6 @@ class TimmRunner:
         self.images = F.interpolate(normalised.to(self.device), size=(config.input_size,) * 2, mode="bilinear",
                                     align_corners=False)
         self.labels = torch.from_numpy(labels.astype(np.int64)).to(self.device)
-        self.loss = None
-        self.peak_bytes = None
-
-    @property
-    def device_name(self) -> str:
-        return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
 
     def step(self) -> torch.Tensor:
         for group in self.optimizer.param_groups:
@@ -114,36 +108,6 @@ class TimmRunner:
         loss = F.cross_entropy(logits.float(), self.labels, label_smoothing=self.config.label_smoothing)
         apply_gradients(loss, self.optimizer, self.scaler, self.model.parameters(), self.config.grad_clip_norm)
         return loss.detach()
-
-    def first_step(self) -> float:
-        import time
-
-        synchronize(self.device)
-        start = time.perf_counter()
-        self.loss = self.step()
-        synchronize(self.device)
-        return time.perf_counter() - start
-
-    def run(self, steps: int) -> float:
-        import time
-
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        synchronize(self.device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            self.loss = self.step()
-        synchronize(self.device)
-        elapsed = time.perf_counter() - start
-        if self.device.type == "cuda":
-            self.peak_bytes = max(self.peak_bytes or 0, torch.cuda.max_memory_allocated(self.device))
-        return elapsed
-
-    def last_loss(self) -> float:
-        return float(self.loss)
-
-    def peak_memory_bytes(self) -> int | None:
-        return self.peak_bytes
 
 
 def run_finetune_benchmark(architecture: str, *, preset: str = "finetune-sgd", overrides: dict[str, Any] | None = None,

@@ -4,7 +4,8 @@
   one device as PyTorch runs on one, on-device augmentation included), and for an epoch the trainer's own
   input path (training set resident on the device, `make_gather` per batch).
 - `TorchRunner` drives `benchmarks.torch_train.TorchTrainStep` on the same model, eager or `torch.compile`d,
-  and for an epoch a DataLoader with torchvision transforms.
+  and for an epoch a DataLoader with torchvision transforms. Its timing (`TorchTimedRunner`) is shared with
+  the fine-tuning benchmark's timm runner (`benchmarks.finetune_speed`).
 
 Both start from the same weights (the JAX state, transferred through NumPy), and both read the losses back
 every `SYNC_EVERY` steps during an epoch, all but the newest, as the JAX trainer does (the device queue never
@@ -136,7 +137,53 @@ class JaxRunner:
         return time.perf_counter() - start, steps * self.batch_size
 
 
-class TorchRunner:
+class TorchTimedRunner:
+    """The timing every PyTorch runner shares, around its own `step()` on one fixed batch on `self.device`:
+    synchronised with the device before and after, the CUDA allocator's peak kept per run."""
+
+    device: torch.device
+    loss: torch.Tensor | None = None
+    peak_bytes: int | None = None
+
+    def step(self) -> torch.Tensor:
+        """One training step on the fixed batch; returns the (detached) loss."""
+        raise NotImplementedError
+
+    @property
+    def device_name(self) -> str:
+        return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+
+    def first_step(self) -> float:
+        """Seconds for the first step: tracing and Inductor compilation for `torch.compile`, none for eager."""
+        synchronize(self.device)
+        start = time.perf_counter()
+        self.loss = self.step()
+        synchronize(self.device)
+        return time.perf_counter() - start
+
+    def run(self, steps: int) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        synchronize(self.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.loss = self.step()
+        synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        if self.device.type == "cuda":
+            # Reset before each of its own runs, so eager and compiled PyTorch each report their own peak.
+            self.peak_bytes = max(self.peak_bytes or 0, torch.cuda.max_memory_allocated(self.device))
+        return elapsed
+
+    def last_loss(self) -> float:
+        return float(self.loss)
+
+    def peak_memory_bytes(self) -> int | None:
+        """PyTorch's CUDA allocator peak; None on CPU, where PyTorch keeps no such statistics."""
+        return self.peak_bytes
+
+
+class TorchRunner(TorchTimedRunner):
     def __init__(self, config: Config, images: np.ndarray, labels: np.ndarray, initial_params, *,
                  compile: bool, loader_workers: int):
         self.config = config
@@ -151,42 +198,10 @@ class TorchRunner:
         normalised = np.array(normalize(images, config)).transpose(0, 3, 1, 2)
         self.images = torch.from_numpy(np.ascontiguousarray(normalised)).to(self.device)
         self.labels = torch.from_numpy(labels.astype(np.int64)).to(self.device)
-        self.peak_bytes = None
-        self.loss = None
         self.attention = "sdpa"  # F.scaled_dot_product_attention, which picks its kernel itself
 
-    @property
-    def device_name(self) -> str:
-        return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-
-    def first_step(self) -> float:
-        """Seconds for the first step: tracing and Inductor compilation for `torch.compile`, none for eager."""
-        synchronize(self.device)
-        start = time.perf_counter()
-        self.loss = self.train_step(self.images, self.labels)
-        synchronize(self.device)
-        return time.perf_counter() - start
-
-    def run(self, steps: int) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        synchronize(self.device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            self.loss = self.train_step(self.images, self.labels)
-        synchronize(self.device)
-        elapsed = time.perf_counter() - start
-        if self.device.type == "cuda":
-            # Reset before each of its own runs, so eager and compiled PyTorch each report their own peak.
-            self.peak_bytes = max(self.peak_bytes or 0, torch.cuda.max_memory_allocated(self.device))
-        return elapsed
-
-    def last_loss(self) -> float:
-        return float(self.loss)
-
-    def peak_memory_bytes(self) -> int | None:
-        """PyTorch's CUDA allocator peak; None on CPU, where PyTorch keeps no such statistics."""
-        return self.peak_bytes
+    def step(self) -> torch.Tensor:
+        return self.train_step(self.images, self.labels)
 
     def prepare_epochs(self, train_images: np.ndarray, train_labels: np.ndarray) -> None:
         info = DATASETS[self.config.dataset]
