@@ -1,5 +1,6 @@
 """The image chain's glue, tested directly with known inputs: no model is built here."""
 import json
+import os
 import struct
 import zlib
 
@@ -228,6 +229,69 @@ def test_atomic_dir_leaves_nothing_behind_on_failure(tmp_path):
     assert json.loads((final / "result.json").read_text()) == {"ok": 2}
     assert sorted(p.name for p in final.parent.iterdir()) == ["truck"]
 
+
+
+_KILLED_MID_WRITE = """
+import os, signal, sys
+from torch_seg.results import atomic_dir
+with atomic_dir(sys.argv[1]) as tmp:
+    (tmp / "overlay.png").write_bytes(b"half")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_what_a_hard_killed_writer_left_is_tidied_by_the_next_write_and_others_are_left_alone(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    final = tmp_path / "out" / "truck"
+    with atomic_dir(final) as tmp:
+        write_json(tmp / "result.json", {"ok": 1})
+    killed = subprocess.run([sys.executable, "-c", _KILLED_MID_WRITE, str(final)], capture_output=True)
+    assert killed.returncode == -9, killed.stderr
+    left = sorted(p.name for p in final.parent.iterdir() if p.name != "truck")
+    assert len(left) == 1 and left[0].startswith(".truck.tmp-"), left
+    # A live writer's folder (this process's) and another host's are not touched; nor are other results'.
+    host = socket.gethostname().replace("-", "_")
+    live = final.parent / f".truck.tmp-{host}-{os.getpid()}-live"
+    remote = final.parent / ".truck.tmp-otherhost-1-remote"
+    neighbour = final.parent / f".cars.tmp-{host}-{killed_pid(tmp_path)}-x"
+    for folder in (live, remote, neighbour):
+        folder.mkdir()
+    with atomic_dir(final) as tmp:
+        write_json(tmp / "result.json", {"ok": 2})
+    assert sorted(p.name for p in final.parent.iterdir()) == sorted(
+        ["truck", live.name, remote.name, neighbour.name])
+    assert json.loads((final / "result.json").read_text()) == {"ok": 2}
+
+
+def test_a_previous_result_moved_aside_by_a_killed_writer_is_put_back_before_anything_else(tmp_path):
+    import socket
+
+    final = tmp_path / "out" / "truck"
+    with atomic_dir(final) as tmp:
+        write_json(tmp / "result.json", {"ok": 1})
+    # Killed between moving the old result aside and renaming the new one in: the old one alone is whole.
+    host, dead = socket.gethostname().replace("-", "_"), killed_pid(tmp_path)
+    aside = final.with_name(f".truck.old-{host}-{dead}-abcd1234")
+    final.rename(aside)
+    (final.parent / f".truck.tmp-{host}-{dead}-x").mkdir()
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as tmp:
+            raise RuntimeError("this write fails too")
+    assert sorted(p.name for p in final.parent.iterdir()) == ["truck"]
+    assert json.loads((final / "result.json").read_text()) == {"ok": 1}
+
+
+def killed_pid(tmp_path) -> int:
+    """The pid of a process that has exited (and been reaped), so no live process owns it for a while."""
+    import subprocess
+    import sys
+
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    return done.pid
 
 # --- device, checkpoints, torchvision shim -----------------------------------------------------------------
 

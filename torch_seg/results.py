@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 import zipfile
@@ -22,18 +24,60 @@ RESULT_SCHEMA_VERSION = 1
 RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: boxes, labels and masks are meaningless; this run only exercises the plumbing"
 
 
+def _owner_tag() -> str:
+    """This process's part of a temporary folder's name: host and pid, so a later run can tell whether the
+    writer of a left-over folder is still alive (only on the same host; another host's are never touched)."""
+    return f"{socket.gethostname().replace('-', '_')}-{os.getpid()}"
+
+
+def _owner_alive(name: str, kind: str, final_name: str) -> bool:
+    """False only when `name` (".FINAL.tmp-HOST-PID-XXXX") was written on this host by a process now gone."""
+    rest = name[len(f".{final_name}.{kind}-"):]
+    host, _, rest = rest.partition("-")
+    pid, _, _ = rest.partition("-")
+    if host != socket.gethostname().replace("-", "_") or not pid.isdigit():
+        return True  # another host's (a shared file system), or an older name: leave it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def sweep_leftovers(final_path: str | Path) -> None:
+    """Tidy what a writer killed hard (SIGKILL, power loss) left beside `final_path`: its unfinished `.tmp-`
+    folders are removed, and a previous result it had moved aside (`.old-`) is put back if the new one never
+    took its place, else removed. Folders of writers still running, or of other hosts, are left alone."""
+    final = Path(final_path)
+    if not final.parent.is_dir():
+        return
+    for kind in ("old", "tmp"):  # "old" first: a restored result must not be swept as a stale tmp
+        for path in sorted(final.parent.glob(f".{glob.escape(final.name)}.{kind}-*")):
+            if _owner_alive(path.name, kind, final.name):
+                continue
+            if kind == "old" and not final.exists():
+                with contextlib.suppress(OSError):
+                    path.rename(final)
+                    continue
+            shutil.rmtree(path, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(final_path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder to write into; on success it replaces `final_path`, on failure it is removed.
 
     A crash or an error mid-way therefore never leaves a half-written result folder, and a re-run replaces the
     previous result only once the new one is complete. A parent folder created here is removed again on failure
-    if it is still empty.
+    if it is still empty. What a writer killed hard left beside `final_path` is tidied first (`sweep_leftovers`).
     """
     final = Path(final_path)
+    sweep_leftovers(final)
     created = [p for p in [final.parent, *final.parent.parents] if not p.exists()]
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    owner = _owner_tag()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{owner}-", dir=final.parent))
     os.chmod(tmp, 0o755)
     try:
         yield tmp
@@ -44,7 +88,7 @@ def atomic_dir(final_path: str | Path) -> Iterator[Path]:
                 parent.rmdir()
         raise
     if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        old = final.with_name(f".{final.name}.old-{owner}-{uuid.uuid4().hex[:8]}")
         final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
