@@ -20,6 +20,17 @@ JAX_ONLY_FILES = {
 }
 
 
+
+def pytest_xdist_auto_num_workers(config):
+    """What `-n auto` (pyproject.toml's addopts) means here: one worker a core, at most 4 and at most one per
+    3 GiB of memory. Every test already uses all cores (XLA, PyTorch), so more workers only add contention;
+    the gain is in the single-threaded parts (pip, imports, compilation, subprocess start-up), and past 4 the
+    longest file (test_jax_vit_train.py) sets the time anyway. A segmentation test with its random-weight
+    models peaks near 2 GB."""
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 4, int(memory_gib // 3)))
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in JAX_ONLY_FILES:
