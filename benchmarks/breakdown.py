@@ -129,7 +129,7 @@ def main(argv=None) -> None:
     for part in ("forward", "forward+backward", "full step"):
         j = 1e3 * statistics.median(times[("jax", part)])
         t = 1e3 * statistics.median(times[("torch", part)])
-        print(f"{part:18s} jax {j:8.1f}  torch {t:8.1f}  jax/torch time {j / t:5.2f}")
+        print(f"{part:18s} jax {j:8.1f}  torch {t:8.1f}  jax/torch time {j / t:6.3g}")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ Rounds are interleaved with a rotating order, as in `benchmarks.speed`, and the 
 """
 from __future__ import annotations
 
-import datetime
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,11 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from benchmarks import flops
 from benchmarks.runners import SCHEDULE_STEPS_PER_EPOCH, JaxRunner, TorchTimedRunner, synthetic_batch
-from benchmarks.speed import (_ratios, _summary, check_comparable, machine_load, machine_record,
-                              precision, versions)
-from benchmarks.torch_train import Schedule, apply_gradients, autocast, make_grad_scaler, synchronize
+from benchmarks.speed import check_comparable, machine_load, precision, report_frame
+from benchmarks.torch_train import Schedule, apply_gradients, autocast, make_grad_scaler
 from jax_vit.augment import normalize
 from jax_vit.configs import FINETUNE_PRESETS, Config, get_config
 from jax_vit.pretrained import init_params, load_pretrained
@@ -155,36 +151,18 @@ def build_finetune_report(run: dict[str, Any], *, command: str) -> dict[str, Any
     import timm
 
     config: Config = run["config"]
-    results = {name: _summary(config, run["batch_size"], fig) for name, fig in run["figures"].items()}
-    device_names = sorted({r["device"] for r in results.values()})
-    return {
-        "schema": SCHEMA,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": command,
-        "machine": machine_record(device_names),
-        "versions": {**versions(), "timm": timm.__version__},
-        "load": {"before": run["load_before"], "after": run["load_after"]},
-        "settings": {
-            "preset": f"{run['architecture']} ({run['preset']})", "timm_architecture": run["architecture"],
-            "recipe_preset": run["preset"], "resolution": config.input_size, "batch_size": run["batch_size"],
-            "steps_per_repeat": run["steps"], "repeats": run["repeats"], "warmup_steps": run["warmup_steps"],
-            "frameworks": run["frameworks"],
-            "precision": precision(config, run["torch_device"]),
-            "torch_optimizer": f"SGD(momentum={config.momentum}) + clip_grad_norm_({config.grad_clip_norm})",
-            "torch_compile_mode": "default",
-            "notes": ("Random weights (nothing downloaded), the same on both sides: timm's state dict read back "
-                      "through jax_vit.pretrained; the new 10-class head is zero on both. One fixed batch. The JAX "
-                      "step is scripts/finetune.py's: uint8 32x32 images in, crop, flip, normalisation and the "
-                      "bilinear resize to the resolution inside the step; timm gets the batch normalised and "
-                      "resized on the device already. 'torch' is timm's model eager, 'torch-compile' under "
-                      "torch.compile."),
-        },
-        "model": {
-            "config": config.to_dict(),
-            "forward_flops_per_image": flops.forward_flops_per_image(config),
-            "train_flops_per_image": flops.train_flops_per_image(config),
-            "peak_flops": {d: flops.peak_flops(d) for d in device_names},
-        },
-        "results": results,
-        "ratios": _ratios(results),
-    }
+    return report_frame(SCHEMA, run, command, extra_versions={"timm": timm.__version__}, settings={
+        "preset": f"{run['architecture']} ({run['preset']})", "timm_architecture": run["architecture"],
+        "recipe_preset": run["preset"], "resolution": config.input_size, "batch_size": run["batch_size"],
+        "steps_per_repeat": run["steps"], "repeats": run["repeats"], "warmup_steps": run["warmup_steps"],
+        "frameworks": run["frameworks"],
+        "precision": precision(config, run["torch_device"]),
+        "torch_optimizer": f"SGD(momentum={config.momentum}) + clip_grad_norm_({config.grad_clip_norm})",
+        "torch_compile_mode": "default",
+        "notes": ("Random weights (nothing downloaded), the same on both sides: timm's state dict read back "
+                  "through jax_vit.pretrained; the new 10-class head is zero on both. One fixed batch. The JAX "
+                  "step is scripts/finetune.py's: uint8 32x32 images in, crop, flip, normalisation and the "
+                  "bilinear resize to the resolution inside the step; timm gets the batch normalised and "
+                  "resized on the device already. 'torch' is timm's model eager, 'torch-compile' under "
+                  "torch.compile."),
+    })

@@ -138,7 +138,7 @@ def main(argv=None) -> None:
         line = f"{name:20s} jax {j:8.2f}"
         if ("torch", name) in times:
             t = statistics.median(times[("torch", name)])
-            line += f"  torch {t:8.2f}  jax/torch time {j / t:5.2f}"
+            line += f"  torch {t:8.2f}  jax/torch time {j / t:6.3g}"
         print(line)
 
 

@@ -258,31 +258,40 @@ def build_report(run: dict[str, Any], *, preset: str, command: str) -> dict[str,
     import jax
 
     config: Config = run["config"]
+    return report_frame(SCHEMA, run, command, settings={
+        "preset": preset, "batch_size": run["batch_size"], "steps_per_repeat": run["steps"],
+        "repeats": run["repeats"], "warmup_steps": run["warmup_steps"], "frameworks": run["frameworks"],
+        "precision": precision(config, run["torch_device"]),
+        # How many slices of the batch the JAX step runs the model on (config.micro_batches resolved here).
+        "jax_micro_batches": micro_batch_count(config, run["batch_size"]),
+        "torch_optimizer": "AdamW(fused=True)", "torch_compile_mode": "default",
+        "dataset": run["dataset"], "torch_loader_workers": run["loader_workers"],
+        "notes": ("Synthetic steps: one fixed in-memory batch. The JAX step is the production step, so it "
+                  "also runs the on-device crop, flip and normalisation; PyTorch steps get a normalised "
+                  "tensor already on the device. Epochs: JAX gathers batches from the device-resident "
+                  "training set and augments inside the step; PyTorch uses a DataLoader with torchvision "
+                  "RandomCrop/RandomHorizontalFlip/ToTensor/Normalize in worker processes. First step: "
+                  "tracing and compilation included, cold (no JAX persistent cache; Inductor's FX-graph "
+                  "and autograd caches off and a fresh kernel folder when run from scripts/benchmark.py)."),
+    }, attention_check=run.get("attention_check"))
+
+
+def report_frame(schema: str, run: dict[str, Any], command: str, *, settings: dict[str, Any],
+                 extra_versions: dict[str, str] | None = None, **fields) -> dict[str, Any]:
+    """What every speed report holds around its `settings`: when, the command, the machine, the versions, the
+    load, the model and its FLOPs, per-framework summaries of `run["figures"]` and their ratios (the fields
+    `format_table` reads). `fields` go in after them."""
+    config: Config = run["config"]
     results = {name: _summary(config, run["batch_size"], fig) for name, fig in run["figures"].items()}
     device_names = sorted({r["device"] for r in results.values()})
     return {
-        "schema": SCHEMA,
+        "schema": schema,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "machine": machine_record(device_names),
-        "versions": versions(),
+        "versions": {**versions(), **(extra_versions or {})},
         "load": {"before": run["load_before"], "after": run["load_after"]},
-        "settings": {
-            "preset": preset, "batch_size": run["batch_size"], "steps_per_repeat": run["steps"],
-            "repeats": run["repeats"], "warmup_steps": run["warmup_steps"], "frameworks": run["frameworks"],
-            "precision": precision(config, run["torch_device"]),
-            # How many slices of the batch the JAX step runs the model on (config.micro_batches resolved here).
-            "jax_micro_batches": micro_batch_count(config, run["batch_size"]),
-            "torch_optimizer": "AdamW(fused=True)", "torch_compile_mode": "default",
-            "dataset": run["dataset"], "torch_loader_workers": run["loader_workers"],
-            "notes": ("Synthetic steps: one fixed in-memory batch. The JAX step is the production step, so it "
-                      "also runs the on-device crop, flip and normalisation; PyTorch steps get a normalised "
-                      "tensor already on the device. Epochs: JAX gathers batches from the device-resident "
-                      "training set and augments inside the step; PyTorch uses a DataLoader with torchvision "
-                      "RandomCrop/RandomHorizontalFlip/ToTensor/Normalize in worker processes. First step: "
-                      "tracing and compilation included, cold (no JAX persistent cache; Inductor's FX-graph "
-                      "and autograd caches off and a fresh kernel folder when run from scripts/benchmark.py)."),
-        },
+        "settings": settings,
         "model": {
             "config": config.to_dict(),
             "forward_flops_per_image": flops.forward_flops_per_image(config),
@@ -291,7 +300,7 @@ def build_report(run: dict[str, Any], *, preset: str, command: str) -> dict[str,
         },
         "results": results,
         "ratios": _ratios(results),
-        "attention_check": run.get("attention_check"),
+        **fields,
     }
 
 
