@@ -24,10 +24,14 @@ RESULT_SCHEMA_VERSION = 1
 RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: boxes, labels and masks are meaningless; this run only exercises the plumbing"
 
 
+def _host() -> str:
+    return socket.gethostname().replace("-", "_")  # "-" separates the parts of a temporary folder's name
+
+
 def _owner_tag() -> str:
     """This process's part of a temporary folder's name: host and pid, so a later run can tell whether the
     writer of a left-over folder is still alive (only on the same host; another host's are never touched)."""
-    return f"{socket.gethostname().replace('-', '_')}-{os.getpid()}"
+    return f"{_host()}-{os.getpid()}"
 
 
 def _owner_alive(name: str, kind: str, final_name: str) -> bool:
@@ -35,7 +39,7 @@ def _owner_alive(name: str, kind: str, final_name: str) -> bool:
     rest = name[len(f".{final_name}.{kind}-"):]
     host, _, rest = rest.partition("-")
     pid, _, _ = rest.partition("-")
-    if host != socket.gethostname().replace("-", "_") or not pid.isdigit():
+    if host != _host() or not pid.isdigit():
         return True  # another host's (a shared file system), or an older name: leave it
     try:
         os.kill(int(pid), 0)
@@ -58,9 +62,9 @@ def sweep_leftovers(final_path: str | Path) -> None:
             if _owner_alive(path.name, kind, final.name):
                 continue
             if kind == "old" and not final.exists():
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # if it cannot be put back, it stays: never delete it
                     path.rename(final)
-                    continue
+                continue
             shutil.rmtree(path, ignore_errors=True)
 
 
