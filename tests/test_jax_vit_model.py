@@ -10,7 +10,7 @@ from flax import nnx
 
 from jax_vit.augment import augment, normalize, random_crop, random_flip, smooth_targets
 from jax_vit.configs import PRESETS, ConfigError, get_config, parse_overrides
-from jax_vit.model import VisionTransformer, count_params
+from jax_vit.model import VisionTransformer, count_params, split_qkv
 from jax_vit.train_step import init_train_state, learning_rate_schedule, make_recipe, weight_decay_mask
 
 
@@ -268,3 +268,20 @@ def test_gelu_keeps_bfloat16_and_the_tanh_form_is_jax_nn_gelu():
     assert gelu(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
     assert jax.grad(lambda v: gelu(v).sum())(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
     np.testing.assert_array_equal(gelu(x, approximate=True), jax.nn.gelu(x, approximate=True))
+
+
+def test_split_qkv_gives_the_slices_and_the_slices_gradient_exactly():
+    qkv = jax.random.normal(jax.random.key(0), (3, 5, 3, 2, 4))
+    cotangents = tuple(jax.random.normal(jax.random.key(i + 1), (3, 5, 2, 4)) for i in range(3))
+
+    def slices(x):
+        return x[:, :, 0], x[:, :, 1], x[:, :, 2]
+
+    outputs, vjp = jax.vjp(split_qkv, qkv)
+    expected_outputs, expected_vjp = jax.vjp(slices, qkv)
+    for got, want in zip(outputs, expected_outputs):
+        np.testing.assert_array_equal(got, want)
+    (grad,) = vjp(cotangents)
+    np.testing.assert_array_equal(grad, expected_vjp(cotangents)[0])
+    # each cotangent lands in its own third, untouched
+    np.testing.assert_array_equal(grad[:, :, 1], cotangents[1])
