@@ -146,11 +146,15 @@ def split_qkv(qkv: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     stacks the three cotangents into one array: autodiff of the slices pads each cotangent with zeros to the
     full QKV shape and adds the three, which XLA:CPU runs as four full-size passes, one more to lay the sum
     out for the weight gradient (about 7 % of a seed-384x8 step's CPU time on an AMX Xeon, docs/speed.md)."""
+    return _qkv_slices(qkv)
+
+
+def _qkv_slices(qkv):
     return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
 
 def _split_qkv_fwd(qkv):
-    return split_qkv(qkv), None
+    return _qkv_slices(qkv), None
 
 
 def _split_qkv_bwd(_, cotangents):
