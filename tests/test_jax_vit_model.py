@@ -270,6 +270,28 @@ def test_gelu_keeps_bfloat16_and_the_tanh_form_is_jax_nn_gelu():
     np.testing.assert_array_equal(gelu(x, approximate=True), jax.nn.gelu(x, approximate=True))
 
 
+def test_gelu_backward_recomputes_from_its_input_instead_of_keeping_intermediates():
+    # Structure, not speed: in the compiled forward+backward of an MLP, the activation's shape is written by
+    # two elementwise passes only, GELU forward and its backward. A JVP rule kept Phi's intermediates, which
+    # XLA:CPU wrote out as two more full-size arrays (docs/speed.md, "GELU and the attention core").
+    import re
+
+    from jax_vit.model import gelu
+
+    keys = jax.random.split(jax.random.key(0), 4)
+    x = jax.random.normal(keys[0], (260, 64))
+    w1, b1, w2 = (jax.random.normal(k, s) for k, s in zip(keys[1:], ((64, 256), (256,), (256, 64))))
+
+    def loss(w1, b1, w2):
+        return jnp.sum(jnp.sin(gelu(x @ w1 + b1) @ w2))
+
+    hlo = jax.jit(jax.grad(loss, (0, 1, 2))).lower(w1, b1, w2).compile().as_text()
+    entry = hlo[hlo.index("\nENTRY"):]
+    passes = [line for line in entry.splitlines()
+              if "kind=kLoop" in line and re.search(r"= f32\[260,256\]", line)]
+    assert len(passes) == 2, passes
+
+
 def test_split_qkv_gives_the_slices_and_the_slices_gradient_exactly():
     qkv = jax.random.normal(jax.random.key(0), (3, 5, 3, 2, 4))
     cotangents = tuple(jax.random.normal(jax.random.key(i + 1), (3, 5, 2, 4)) for i in range(3))
