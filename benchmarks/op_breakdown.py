@@ -6,7 +6,7 @@ Each row times one piece of the block at the config's shapes (batch x tokens row
 together (gradients with respect to its input and its parameters, against a fixed random cotangent), in
 float32: LayerNorm, the QKV, output, fc1 and fc2 matmuls with their biases, the attention core, exact GELU
 (the model's and PyTorch's formulas), and dropout. The JAX side calls the model's own code where it has one
-(`jax_vit.model.gelu`, `keep_mask`), the PyTorch side what `benchmarks/torch_vit.py` calls. Medians of
+(`jax_vit.model.gelu`, `attention_core`, `keep_mask`), the PyTorch side what `benchmarks/torch_vit.py` calls. Medians of
 interleaved repetitions; prints a table only. `benchmarks/breakdown.py` splits the whole step instead.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch.nn.functional as F  # noqa: E402
 from benchmarks.breakdown import step_timer  # noqa: E402
 from benchmarks.torch_vit import LAYER_NORM_EPS  # noqa: E402
 from jax_vit.configs import get_config, parse_overrides  # noqa: E402
-from jax_vit.model import gelu, keep_mask  # noqa: E402
+from jax_vit.model import attention_core, gelu, keep_mask  # noqa: E402
 
 
 def _jax_ops(config, rows: int, rng: np.random.Generator) -> dict:
@@ -55,7 +55,7 @@ def _jax_ops(config, rows: int, rng: np.random.Generator) -> dict:
         return x @ kernel + bias
 
     def attention(q, k, v):
-        return jax.nn.dot_product_attention(q, k, v)
+        return attention_core(q, k, v)
 
     key = jax.random.key(0)
 

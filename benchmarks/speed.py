@@ -27,7 +27,7 @@ from benchmarks.host import cpu_kind, cpu_model
 from benchmarks.runners import JaxRunner, TorchRunner, synthetic_batch
 from benchmarks.torch_train import autocast_dtype
 from jax_vit.configs import Config
-from jax_vit.model import compute_dtype
+from jax_vit.model import attention_core, compute_dtype
 from jax_vit.reporting import write_atomic
 from jax_vit.train_step import micro_batch_count
 
@@ -112,9 +112,10 @@ def make_runners(config: Config, frameworks: list[str], batch_size: int, loader_
 
 
 def attention_agreement(config: Config, batch_size: int) -> dict[str, Any]:
-    """XLA's and cuDNN's `jax.nn.dot_product_attention` on the model's shapes in its compute dtype, each against
-    a float32 reference: cuDNN "computes the same" when its largest error is at most twice XLA's (both round
-    to bfloat16, in different orders)."""
+    """The model's two attention implementations (`attention_core`, "xla", and cuDNN's through
+    `jax.nn.dot_product_attention`) on the model's shapes in its compute dtype, each against a float32
+    reference: cuDNN "computes the same" when its largest error is at most twice XLA's (both round to
+    bfloat16, in different orders)."""
     import functools
 
     import jax
@@ -124,11 +125,12 @@ def attention_agreement(config: Config, batch_size: int) -> dict[str, Any]:
     shape = (batch_size, config.num_patches + 1, config.num_heads, config.width // config.num_heads)
     q, k, v = (jax.random.normal(key, shape, jnp.float32) for key in jax.random.split(jax.random.key(0), 3))
     with jax.default_matmul_precision("highest"):
-        reference = jax.nn.dot_product_attention(q, k, v, implementation="xla")
+        reference = attention_core(q, k, v)
     errors = {}
-    for implementation in ("xla", "cudnn"):
-        attend = jax.jit(functools.partial(jax.nn.dot_product_attention, implementation=implementation))
-        out = attend(q.astype(dtype), k.astype(dtype), v.astype(dtype)).astype(jnp.float32)
+    implementations = {"xla": attention_core,
+                       "cudnn": functools.partial(jax.nn.dot_product_attention, implementation="cudnn")}
+    for implementation, attend in implementations.items():
+        out = jax.jit(attend)(q.astype(dtype), k.astype(dtype), v.astype(dtype)).astype(jnp.float32)
         errors[implementation] = float(jnp.max(jnp.abs(out - reference)))
     return {"dtype": str(np.dtype(dtype)), "shape_bthd": list(shape), "max_abs_error_vs_float32": errors,
             "same": errors["cudnn"] <= 2 * errors["xla"] + 1e-6}

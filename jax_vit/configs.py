@@ -102,8 +102,9 @@ class Config:
     # "auto": bfloat16 on TPUs and Ampere+ GPUs, float16 with loss scaling on V100/T4/P100, float32 on CPU
     # (jax_vit/precision.py); params and optimiser state stay float32.
     compute_dtype: str = "auto"
-    # jax.nn.dot_product_attention's implementation: "xla" (any device) or "cudnn" (cuDNN's fused kernel,
-    # NVIDIA GPUs with bfloat16/float16 compute). "xla" stays the default until a GPU measurement says otherwise.
+    # The attention's implementation: "xla" (jax_vit.model.attention_core, two einsums, any device) or "cudnn"
+    # (cuDNN's fused kernel through jax.nn.dot_product_attention, NVIDIA GPUs with bfloat16/float16 compute).
+    # "xla" stays the default until a GPU measurement says otherwise.
     attention: str = "xla"
     # The train step runs the model on this many slices of each device's batch, which XLA:CPU overlaps on its
     # cores (jax_vit/train_step.py, micro_batch_count); 0: automatic, one per core on the CPU (at most 2), 1

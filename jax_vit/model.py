@@ -176,11 +176,27 @@ def _split_qkv_bwd(_, cotangents):
 split_qkv.defvjp(_split_qkv_fwd, _split_qkv_bwd)
 
 
-class MultiHeadSelfAttention(nnx.Module):
-    """Fused QKV projection and `jax.nn.dot_product_attention`.
+def attention_core(q: jax.Array, k: jax.Array, v: jax.Array, weights_dropout=None) -> jax.Array:
+    """softmax(q k^T / sqrt(head_dim)) v for q, k, v of [batch, tokens, heads, head_dim], spelled out in two
+    einsums: the same computation as `jax.nn.dot_product_attention(implementation="xla")`, whose einsums run
+    on a 5-D grouped-query layout (heads split into groups of one) that XLA:CPU lays out with more transposed
+    copies; this form made the whole train step 3-5 % faster on an AMX Xeon (docs/speed.md, "GELU and the
+    attention core"). The logits and the softmax are float32, as in jax's own path (q.k can pass float16's
+    65504); `weights_dropout` applies dropout to the attention weights, which no fused kernel has.
+    """
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / float(np.sqrt(q.shape[-1]))
+    weights = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+    if weights_dropout is not None:
+        weights = weights_dropout(weights)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
-    `config.attention` picks its implementation: "xla" (jax 0.10-0.11 select nothing else on their own) or
-    "cudnn", the fused flash kernel that PyTorch's `scaled_dot_product_attention` picks by itself on a GPU.
+
+class MultiHeadSelfAttention(nnx.Module):
+    """Fused QKV projection and scaled dot-product attention.
+
+    `config.attention` picks its implementation: "xla" (`attention_core`, any device) or "cudnn", the fused
+    flash kernel that PyTorch's `scaled_dot_product_attention` picks by itself on a GPU, through
+    `jax.nn.dot_product_attention`.
     """
 
     def __init__(self, config: Config, *, dtype, rngs: nnx.Rngs):
@@ -193,17 +209,10 @@ class MultiHeadSelfAttention(nnx.Module):
 
     def __call__(self, x: jax.Array, *, train: bool, rngs: nnx.Rngs | None) -> jax.Array:
         batch, tokens, width = x.shape
-        head_dim = width // self.num_heads
-        q, k, v = split_qkv(self.qkv(x).reshape(batch, tokens, 3, self.num_heads, head_dim))
-        # Spelled out where the library call cannot do it: dropout on the attention weights (no fused kernel has
-        # it), and float16 with XLA's attention, which in jax 0.10 asks for the F16_F16_F32 dot algorithm that
-        # XLA:CPU cannot compile (so a float16 step would run on a T4 but not in the CPU tests). The logits are
-        # float32, as in jax's own XLA path: q.k can pass float16's 65504.
-        if (train and self.attention_dropout.rate > 0.0) or (self.implementation == "xla" and q.dtype == jnp.float16):
-            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / float(np.sqrt(head_dim))
-            weights = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
-            weights = self.attention_dropout(weights, train=train, rngs=rngs)
-            out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        q, k, v = split_qkv(self.qkv(x).reshape(batch, tokens, 3, self.num_heads, width // self.num_heads))
+        # cuDNN's kernel has no dropout on the attention weights: with it, even a "cudnn" model attends here.
+        if self.implementation == "xla" or (train and self.attention_dropout.rate > 0.0):
+            out = attention_core(q, k, v, lambda w: self.attention_dropout(w, train=train, rngs=rngs))
         else:
             out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
         return self.proj(out.reshape(batch, tokens, width))

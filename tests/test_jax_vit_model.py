@@ -10,7 +10,7 @@ from flax import nnx
 
 from jax_vit.augment import augment, normalize, random_crop, random_flip, smooth_targets
 from jax_vit.configs import PRESETS, ConfigError, get_config, parse_overrides
-from jax_vit.model import VisionTransformer, count_params, split_qkv
+from jax_vit.model import VisionTransformer, attention_core, count_params, split_qkv
 from jax_vit.train_step import init_train_state, learning_rate_schedule, make_recipe, weight_decay_mask
 
 
@@ -290,6 +290,25 @@ def test_gelu_backward_recomputes_from_its_input_instead_of_keeping_intermediate
     passes = [line for line in entry.splitlines()
               if "kind=kLoop" in line and re.search(r"= f32\[260,256\]", line)]
     assert len(passes) == 2, passes
+
+
+@pytest.mark.parametrize("heads, head_dim", [(3, 64), (4, 24)])
+def test_attention_core_is_jax_dot_product_attention_forward_and_backward(heads, head_dim):
+    shape = (2, 17, heads, head_dim)
+    q, k, v, cotangent = (jax.random.normal(key, shape) for key in jax.random.split(jax.random.key(3), 4))
+
+    def pullback(attend):
+        out, vjp = jax.vjp(attend, q, k, v)
+        return out, vjp(cotangent)
+
+    out, grads = pullback(attention_core)
+    expected, expected_grads = pullback(functools.partial(jax.nn.dot_product_attention, implementation="xla"))
+    np.testing.assert_allclose(out, expected, atol=2e-6, rtol=1e-5)
+    for got, want in zip(grads, expected_grads):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+    # attention weights that sum to one: a row of v's mean comes out for equal logits
+    uniform = jnp.broadcast_to(v.mean(1, keepdims=True), shape)
+    np.testing.assert_allclose(attention_core(jnp.zeros(shape), k, v), uniform, atol=1e-6)
 
 
 def test_split_qkv_gives_the_slices_and_the_slices_gradient_exactly():
