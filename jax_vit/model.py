@@ -176,6 +176,45 @@ def _split_qkv_bwd(_, cotangents):
 split_qkv.defvjp(_split_qkv_fwd, _split_qkv_bwd)
 
 
+@jax.custom_vjp
+def _matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _matmul_fwd(x, kernel):
+    return _matmul(x, kernel), (x, kernel)
+
+
+def _matmul_bwd(residuals, g):
+    # The weight gradient contracts the rows of the two 2-D views ([rows, in] and [rows, out], bitcasts), a
+    # transposed-operand GEMM that XLA:CPU's dot runs as it is. Autodiff contracts the leading axes of the 3-D
+    # arrays instead, and XLA:CPU then writes the output gradient out transposed ([out, rows]) for the weight
+    # gradient of every dense layer: four copies a block, 8-15 % of the seed steps on an AMX Xeon
+    # (docs/speed.md, "The weight gradients without transposed copies").
+    x, kernel = residuals
+    dx = jax.lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())))
+    dk = jax.lax.dot_general(x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]), (((0,), (0,)), ((), ())))
+    return dx, dk
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def dense_dot_general(x, kernel, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
+    """`nnx.Linear`'s `dot_general`: the dense contraction (x's last axis with the kernel's first) goes through
+    `_matmul`'s VJP, the same products as `jax.lax.dot_general`; any other call is passed on to it."""
+    plain = precision is None and preferred_element_type is None and kwargs.get("out_sharding") is None
+    if not plain or kernel.ndim != 2 or dimension_numbers != (((x.ndim - 1,), (0,)), ((), ())):
+        return jax.lax.dot_general(x, kernel, dimension_numbers, precision=precision,
+                                   preferred_element_type=preferred_element_type, **kwargs)
+    return _matmul(x, kernel)
+
+
+def dense(in_features: int, out_features: int, **kwargs) -> nnx.Linear:
+    """`nnx.Linear` (its parameters, initialisers and dtype rules) with `dense_dot_general`."""
+    return nnx.Linear(in_features, out_features, dot_general=dense_dot_general, **kwargs)
+
+
 def attention_core(q: jax.Array, k: jax.Array, v: jax.Array, weights_dropout=None) -> jax.Array:
     """softmax(q k^T / sqrt(head_dim)) v for q, k, v of [batch, tokens, heads, head_dim], spelled out in two
     einsums: the same computation as `jax.nn.dot_product_attention(implementation="xla")`, whose einsums run
@@ -202,9 +241,9 @@ class MultiHeadSelfAttention(nnx.Module):
     def __init__(self, config: Config, *, dtype, rngs: nnx.Rngs):
         self.num_heads = config.num_heads
         self.implementation = config.attention
-        self.qkv = nnx.Linear(config.width, 3 * config.width, use_bias=config.qkv_bias, kernel_init=dense_init,
-                              dtype=dtype, rngs=rngs)
-        self.proj = nnx.Linear(config.width, config.width, kernel_init=dense_init, dtype=dtype, rngs=rngs)
+        self.qkv = dense(config.width, 3 * config.width, use_bias=config.qkv_bias, kernel_init=dense_init,
+                         dtype=dtype, rngs=rngs)
+        self.proj = dense(config.width, config.width, kernel_init=dense_init, dtype=dtype, rngs=rngs)
         self.attention_dropout = Dropout(config.attention_dropout)
 
     def __call__(self, x: jax.Array, *, train: bool, rngs: nnx.Rngs | None) -> jax.Array:
@@ -220,8 +259,8 @@ class MultiHeadSelfAttention(nnx.Module):
 
 class MlpBlock(nnx.Module):
     def __init__(self, config: Config, *, dtype, rngs: nnx.Rngs):
-        self.fc1 = nnx.Linear(config.width, config.mlp_dim, kernel_init=dense_init, dtype=dtype, rngs=rngs)
-        self.fc2 = nnx.Linear(config.mlp_dim, config.width, kernel_init=dense_init, dtype=dtype, rngs=rngs)
+        self.fc1 = dense(config.width, config.mlp_dim, kernel_init=dense_init, dtype=dtype, rngs=rngs)
+        self.fc2 = dense(config.mlp_dim, config.width, kernel_init=dense_init, dtype=dtype, rngs=rngs)
         self.dropout = Dropout(config.dropout)
         self.approximate_gelu = config.gelu_approximation == "tanh"
 
@@ -264,7 +303,7 @@ class VisionTransformer(nnx.Module):
         self.blocks = nnx.List([EncoderBlock(config, float(r), dtype=dtype, rngs=rngs) for r in rates])
         self.norm = nnx.LayerNorm(width, epsilon=config.layer_norm_epsilon, dtype=dtype, rngs=rngs)
         # A zero-initialised head starts every class at the same logit (as in big_vision).
-        self.head = nnx.Linear(width, config.num_classes, kernel_init=nnx.initializers.zeros, rngs=rngs)
+        self.head = dense(width, config.num_classes, kernel_init=nnx.initializers.zeros, rngs=rngs)
         self.dtype = dtype
 
     def __call__(self, images: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:

@@ -311,6 +311,56 @@ def test_attention_core_is_jax_dot_product_attention_forward_and_backward(heads,
     np.testing.assert_allclose(attention_core(jnp.zeros(shape), k, v), uniform, atol=1e-6)
 
 
+def test_dense_layers_give_nnx_linears_values_and_gradients():
+    from jax_vit.model import dense
+
+    x = jax.random.normal(jax.random.key(0), (3, 7, 16))
+    cotangent = jax.random.normal(jax.random.key(1), (3, 7, 24))
+    ours = dense(16, 24, rngs=nnx.Rngs(2))
+    reference = nnx.Linear(16, 24, rngs=nnx.Rngs(2))
+    np.testing.assert_array_equal(nnx.state(ours)["kernel"][...], nnx.state(reference)["kernel"][...])
+
+    def pullback(layer):
+        graphdef, params = nnx.split(layer)
+        out, vjp = jax.vjp(lambda p, v: nnx.merge(graphdef, p)(v), params, x)
+        return out, vjp(cotangent)
+
+    (out, (grads, dx)), (want, (want_grads, want_dx)) = pullback(ours), pullback(reference)
+    np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-5)
+    for name in ("kernel", "bias"):
+        np.testing.assert_allclose(grads[name][...], want_grads[name][...], rtol=1e-5, atol=1e-5)
+    # bfloat16 compute keeps its dtype through the custom backward; any other contraction is passed on
+    half = dense(16, 24, dtype=jnp.bfloat16, rngs=nnx.Rngs(2))
+    assert half(x).dtype == jnp.bfloat16
+    assert jax.grad(lambda v: half(v).astype(jnp.float32).sum())(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+    from jax_vit.model import dense_dot_general
+
+    a, b = jnp.ones((4, 5)), jnp.ones((6, 5))
+    np.testing.assert_array_equal(dense_dot_general(a, b, (((1,), (1,)), ((), ()))), jnp.full((4, 6), 5.0))
+
+
+def test_dense_weight_gradient_reads_the_output_gradient_without_a_transposed_copy():
+    # Structure, not speed: autodiff of nnx.Linear on [batch, tokens, features] made XLA:CPU copy the output
+    # gradient into [out, rows] for every weight gradient (docs/speed.md, "The weight gradients without
+    # transposed copies"); the dense layers' VJP contracts the rows of the 2-D views directly.
+    import re
+
+    from jax_vit.model import dense
+
+    layer = dense(64, 192, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(layer)
+    x = jax.random.normal(jax.random.key(1), (8, 65, 64))
+
+    def loss(params):
+        return jnp.sum(jnp.sin(nnx.merge(graphdef, params)(x)))
+
+    hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+    entry = hlo[hlo.index("\nENTRY"):]
+    assert re.search(r"= f32\[64,192\]\{1,0\} dot\(", entry), "the weight gradient is one dot"
+    assert not [line for line in entry.splitlines() if re.search(r"= f32\[192,520\]", line)]
+
+
 def test_split_qkv_gives_the_slices_and_the_slices_gradient_exactly():
     qkv = jax.random.normal(jax.random.key(0), (3, 5, 3, 2, 4))
     cotangents = tuple(jax.random.normal(jax.random.key(i + 1), (3, 5, 2, 4)) for i in range(3))
