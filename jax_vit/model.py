@@ -8,6 +8,8 @@ so the train step can give every device its own key and stay a pure function of 
 """
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -152,6 +154,53 @@ def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
     return _exact_gelu(x)
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
+    """LayerNorm over the last axis, statistics in (at least) float32, two-pass variance; float32 result."""
+    return _layer_norm_fwd(x, scale, bias, epsilon)[0]
+
+
+def _layer_norm_stats(x, epsilon):
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    mean = x.mean(-1, keepdims=True)
+    return x, mean, jax.lax.rsqrt(jnp.square(x - mean).mean(-1, keepdims=True) + epsilon)
+
+
+def _layer_norm_fwd(x, scale, bias, epsilon):
+    x32, mean, rstd = _layer_norm_stats(x, epsilon)
+    return (x32 - mean) * rstd * scale + bias, (x, mean, rstd, scale)
+
+
+def _layer_norm_bwd(epsilon, residuals, g):
+    # The textbook backward from the input and the two per-row statistics, behind a barrier so that XLA does
+    # not share the normalised input with the forward. Autodiff of the formula (flax's nnx.LayerNorm) runs as
+    # more passes over the residual stream and materialises broadcasts of the statistics: about 3 % of the
+    # seed steps on an AMX Xeon (docs/speed.md, "The weight gradients without transposed copies").
+    x, mean, rstd, scale, g = jax.lax.optimization_barrier((*residuals, g))
+    x_hat = (x.astype(mean.dtype) - mean) * rstd
+    g = g.astype(mean.dtype)
+    rows = tuple(range(g.ndim - 1))
+    g_hat = g * scale
+    dx = rstd * (g_hat - g_hat.mean(-1, keepdims=True) - x_hat * (g_hat * x_hat).mean(-1, keepdims=True))
+    return dx.astype(x.dtype), (g * x_hat).sum(rows), g.sum(rows)
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class LayerNorm(nnx.Module):
+    """nnx.LayerNorm's parameters (`scale`, `bias`, float32) and result dtype, with `layer_norm`'s backward."""
+
+    def __init__(self, features: int, *, epsilon: float, dtype):
+        self.scale = nnx.Param(jnp.ones((features,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((features,), jnp.float32))
+        self.epsilon = epsilon
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return layer_norm(x, self.scale[...], self.bias[...], self.epsilon).astype(self.dtype)
+
+
 @jax.custom_vjp
 def split_qkv(qkv: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """[batch, tokens, 3, heads, head_dim] -> q, k, v. The same slices as `qkv[:, :, i]`, with a backward that
@@ -276,9 +325,9 @@ class EncoderBlock(nnx.Module):
     """Pre-norm: x + DropPath(MSA(LN(x))), then x + DropPath(MLP(LN(x)))."""
 
     def __init__(self, config: Config, drop_path_rate: float, *, dtype, rngs: nnx.Rngs):
-        self.norm1 = nnx.LayerNorm(config.width, epsilon=config.layer_norm_epsilon, dtype=dtype, rngs=rngs)
+        self.norm1 = LayerNorm(config.width, epsilon=config.layer_norm_epsilon, dtype=dtype)
         self.attention = MultiHeadSelfAttention(config, dtype=dtype, rngs=rngs)
-        self.norm2 = nnx.LayerNorm(config.width, epsilon=config.layer_norm_epsilon, dtype=dtype, rngs=rngs)
+        self.norm2 = LayerNorm(config.width, epsilon=config.layer_norm_epsilon, dtype=dtype)
         self.mlp = MlpBlock(config, dtype=dtype, rngs=rngs)
         self.drop_path = DropPath(drop_path_rate)
 
@@ -301,7 +350,7 @@ class VisionTransformer(nnx.Module):
         self.dropout = Dropout(config.dropout)
         rates = np.linspace(0.0, config.drop_path_rate, config.depth)
         self.blocks = nnx.List([EncoderBlock(config, float(r), dtype=dtype, rngs=rngs) for r in rates])
-        self.norm = nnx.LayerNorm(width, epsilon=config.layer_norm_epsilon, dtype=dtype, rngs=rngs)
+        self.norm = LayerNorm(width, epsilon=config.layer_norm_epsilon, dtype=dtype)
         # A zero-initialised head starts every class at the same logit (as in big_vision).
         self.head = dense(width, config.num_classes, kernel_init=nnx.initializers.zeros, rngs=rngs)
         self.dtype = dtype

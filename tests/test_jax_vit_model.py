@@ -361,6 +361,35 @@ def test_dense_weight_gradient_reads_the_output_gradient_without_a_transposed_co
     assert not [line for line in entry.splitlines() if re.search(r"= f32\[192,520\]", line)]
 
 
+def test_layer_norm_gives_nnx_layernorms_values_and_gradients_with_the_same_parameters():
+    from jax_vit.model import LayerNorm
+
+    x = jax.random.normal(jax.random.key(0), (4, 7, 48)) * 3.0 + 1.5
+    cotangent = jax.random.normal(jax.random.key(1), (4, 7, 48))
+    ours, reference = LayerNorm(48, epsilon=1e-6, dtype=jnp.float32), nnx.LayerNorm(48, epsilon=1e-6, rngs=nnx.Rngs(0))
+    assert jax.tree.map(jnp.shape, nnx.state(ours)) == jax.tree.map(jnp.shape, nnx.state(reference))
+    for layer in (ours, reference):  # trained-looking parameters, the same in both
+        layer.scale[...] = jax.random.normal(jax.random.key(2), (48,))
+        layer.bias[...] = jax.random.normal(jax.random.key(3), (48,))
+
+    def pullback(layer):
+        graphdef, params = nnx.split(layer)
+        out, vjp = jax.vjp(lambda p, v: nnx.merge(graphdef, p)(v), params, x)
+        return out, vjp(cotangent)
+
+    (out, (grads, dx)), (want, (want_grads, want_dx)) = pullback(ours), pullback(reference)
+    np.testing.assert_allclose(out, want, atol=5e-6)
+    np.testing.assert_allclose(dx, want_dx, atol=5e-6)
+    for name in ("scale", "bias"):
+        np.testing.assert_allclose(grads[name][...], want_grads[name][...], rtol=1e-5, atol=1e-5)
+    # a constant row normalises to the bias (its variance is zero, epsilon keeps it finite)
+    flat = jnp.full((1, 48), 2.0)
+    np.testing.assert_allclose(ours(flat), ours.bias[...][None], atol=1e-6)
+    half = LayerNorm(48, epsilon=1e-6, dtype=jnp.bfloat16)
+    assert half(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+    assert jax.grad(lambda v: half(v).astype(jnp.float32).sum())(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+
+
 def test_split_qkv_gives_the_slices_and_the_slices_gradient_exactly():
     qkv = jax.random.normal(jax.random.key(0), (3, 5, 3, 2, 4))
     cotangents = tuple(jax.random.normal(jax.random.key(i + 1), (3, 5, 2, 4)) for i in range(3))
