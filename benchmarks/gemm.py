@@ -23,7 +23,6 @@ import datetime
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 if __name__ == "__main__":  # the same allocator as scripts/benchmark.py (see jax_vit/allocator.py)
@@ -32,6 +31,7 @@ if __name__ == "__main__":  # the same allocator as scripts/benchmark.py (see ja
     reexec_under_tcmalloc()
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as scripts/benchmark.py
 
+from benchmarks.breakdown import step_timer  # noqa: E402
 from jax_vit.configs import get_config, parse_overrides  # noqa: E402
 from jax_vit.train_step import available_cores, micro_batch_count  # noqa: E402
 
@@ -59,7 +59,7 @@ def pin_cores(count: int) -> list[int]:
 
 
 def _jax_products(rows: int, fan_in: int, fan_out: int, rng) -> dict[str, tuple]:
-    """role -> (compiled fn, args, library): the products `_matmul` and its VJP hand XLA."""
+    """role -> (fn that runs the compiled product and waits for it, library): what `_matmul`'s VJP hands XLA."""
     import jax
     import jax.numpy as jnp
 
@@ -91,16 +91,14 @@ def _torch_products(rows: int, fan_in: int, fan_out: int, rng) -> dict[str, obje
 
 
 def _median_seconds(runs: dict, repeats: int, calls: int) -> dict:
-    for run in runs.values():  # compile, pack, fault the pages in
-        run()
-        run()
-    times = {key: [] for key in runs}
+    """Median seconds a call, repeats interleaved across the products (each fn waits for its own result)."""
+    timers = {key: step_timer(run, lambda out: None, calls) for key, run in runs.items()}
+    for timer in timers.values():  # pack, fault the pages in
+        timer()
+    times = {key: [] for key in timers}
     for _ in range(repeats):
-        for key, run in runs.items():
-            start = time.perf_counter()
-            for _ in range(calls):
-                run()
-            times[key].append((time.perf_counter() - start) / calls)
+        for key, timer in timers.items():
+            times[key].append(timer())
     return {key: statistics.median(values) for key, values in times.items()}
 
 
